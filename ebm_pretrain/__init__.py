@@ -1,0 +1,1 @@
+"""Energy-inspired self-supervised pretraining for vision models, in JAX/Flax."""

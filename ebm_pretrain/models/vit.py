@@ -1,0 +1,176 @@
+"""Vision Transformer backbone, after big_vision's ``models/vit.py``.
+
+Sizes come from a variant string such as ``"S/16"``. Parameter names follow the
+original ViT checkpoints (``embedding``, ``cls``, ``pos_embedding``,
+``Transformer/encoderblock_i/...``, ``Transformer/encoder_norm``). ``dtype`` is
+the compute dtype, ``param_dtype`` the storage dtype of the weights.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+# width, depth, mlp_dim, num_heads (Dosovitskiy et al. 2021; Ti from DeiT).
+# "mu" and "nano" are ours: sizes for tests and CPU demos.
+VARIANTS = {
+    "mu": dict(width=32, depth=2, mlp_dim=64, num_heads=2),
+    "nano": dict(width=128, depth=4, mlp_dim=512, num_heads=4),
+    "Ti": dict(width=192, depth=12, mlp_dim=768, num_heads=3),
+    "S": dict(width=384, depth=12, mlp_dim=1536, num_heads=6),
+    "M": dict(width=512, depth=12, mlp_dim=2048, num_heads=8),
+    "B": dict(width=768, depth=12, mlp_dim=3072, num_heads=12),
+    "L": dict(width=1024, depth=24, mlp_dim=4096, num_heads=16),
+    "H": dict(width=1280, depth=32, mlp_dim=5120, num_heads=16),
+}
+
+
+def decode_variant(variant: str) -> dict:
+  """``"S/16"`` -> dict(width=384, depth=12, mlp_dim=1536, num_heads=6, patch_size=16)."""
+  m = re.fullmatch(r"([A-Za-z]+)/(\d+)", variant or "")
+  if not m or m.group(1) not in VARIANTS:
+    raise ValueError(f"unknown ViT variant {variant!r}; expected NAME/PATCH with "
+                     f"NAME in {sorted(VARIANTS)}, e.g. 'S/16'")
+  return dict(VARIANTS[m.group(1)], patch_size=int(m.group(2)))
+
+
+def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.,
+                     dtype=jnp.float32) -> jax.Array:
+  """Fixed 2D sin-cos position embedding (MoCo v3 / MAE), shape [1, h*w, width]."""
+  if width % 4:
+    raise ValueError(f"sin-cos position embedding needs width % 4 == 0, got {width}")
+  y, x = np.mgrid[:h, :w]
+  omega = 1. / temperature ** (np.arange(width // 4) / (width // 4 - 1 or 1))
+  y = np.einsum("m,d->md", y.flatten(), omega)
+  x = np.einsum("m,d->md", x.flatten(), omega)
+  pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+  return jnp.asarray(pe, dtype)[None]
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops the residual branch per example."""
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    if deterministic or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class MlpBlock(nn.Module):
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    init = dict(kernel_init=nn.initializers.xavier_uniform(),
+                bias_init=nn.initializers.normal(stddev=1e-6),
+                dtype=self.dtype, param_dtype=self.param_dtype)
+    d = x.shape[-1]
+    x = nn.Dense(self.mlp_dim, **init)(x)
+    x = nn.gelu(x, approximate=False)  # exact (erf) GELU, as in the original ViT
+    return nn.Dense(d, **init)(x)
+
+
+class Encoder1DBlock(nn.Module):
+  mlp_dim: int
+  num_heads: int
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    y = nn.LayerNorm(**kw)(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, kernel_init=nn.initializers.xavier_uniform(),
+        deterministic=True, **kw)(y, y)
+    x = x + DropPath(self.drop_path)(y, deterministic)
+    y = nn.LayerNorm(**kw)(x)
+    y = MlpBlock(self.mlp_dim, **kw)(y)
+    return x + DropPath(self.drop_path)(y, deterministic)
+
+
+class Encoder(nn.Module):
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool = True):
+    for i in range(self.depth):
+      # Linearly increasing drop-path rate with depth, as in DeiT / MAE.
+      rate = self.drop_path * i / max(self.depth - 1, 1)
+      x = Encoder1DBlock(self.mlp_dim, self.num_heads, rate, self.dtype,
+                         self.param_dtype, name=f"encoderblock_{i}")(x, deterministic)
+    return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
+                        name="encoder_norm")(x)
+
+
+class ViT(nn.Module):
+  """ViT feature extractor: images [B, H, W, C] -> features [B, width].
+
+  pool: "tok" (the cls token) or "gap" (mean over the patch tokens), both after
+    the final ``encoder_norm``, as in big_vision.
+  posemb: "learn" (learnable, init N(0, 0.02)) or "sincos2d" (fixed).
+  """
+  variant: str = "S/16"
+  pool: str = "tok"
+  posemb: str = "learn"
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @property
+  def width(self) -> int:
+    return decode_variant(self.variant)["width"]
+
+  def patch_grid(self, image_hw) -> tuple[int, int]:
+    p = decode_variant(self.variant)["patch_size"]
+    h, w = image_hw
+    if h % p or w % p:
+      raise ValueError(f"ViT {self.variant}: patch size {p} does not divide the "
+                       f"image size {h}x{w}")
+    return h // p, w // p
+
+  def position_embedding(self, gh: int, gw: int, width: int) -> jax.Array:
+    if self.posemb == "sincos2d":
+      return posemb_sincos_2d(gh, gw, width, dtype=self.param_dtype)
+    if self.posemb == "learn":
+      return self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
+                        (1, gh * gw, width), self.param_dtype)
+    raise ValueError(f"unknown posemb {self.posemb!r}; valid: 'learn', 'sincos2d'")
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False):
+    cfg = decode_variant(self.variant)
+    if images.ndim != 4:
+      raise ValueError(f"ViT expects images [B, H, W, C], got shape {images.shape}")
+    if self.pool not in ("tok", "gap"):
+      raise ValueError(f"unknown pool {self.pool!r}; valid: 'tok', 'gap'")
+    gh, gw = self.patch_grid(images.shape[1:3])
+    p, width = cfg["patch_size"], cfg["width"]
+    x = nn.Conv(width, (p, p), strides=(p, p), padding="VALID", name="embedding",
+                dtype=self.dtype, param_dtype=self.param_dtype)(images.astype(self.dtype))
+    x = x.reshape(x.shape[0], gh * gw, width)
+    x = x + self.position_embedding(gh, gw, width).astype(self.dtype)
+    if self.pool == "tok":
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, width), self.param_dtype)
+      x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (x.shape[0], 1, 1)), x], axis=1)
+    x = Encoder(cfg["depth"], cfg["mlp_dim"], cfg["num_heads"], self.drop_path,
+                self.dtype, self.param_dtype, name="Transformer")(x, deterministic=not train)
+    return x[:, 0] if self.pool == "tok" else jnp.mean(x, axis=1)
