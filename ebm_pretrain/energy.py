@@ -98,24 +98,35 @@ def restore(energy_fn: EnergyFn, params: Params, x0: Array, alpha: Array,
 # ----------------------------------------------------------------------------
 # The loss.
 # ----------------------------------------------------------------------------
-def pixel_error(pred: Array, target: Array, loss: str = "smooth_l1") -> Array:
-  """Mean elementwise error. SmoothL1 uses beta=1 (Listing 1); MSE is Eq. 5."""
+def pixel_error(pred: Array, target: Array, loss: str = "smooth_l1",
+                weights: Array | None = None) -> Array:
+  """Mean elementwise error. SmoothL1 uses beta=1 (Listing 1); MSE is Eq. 5.
+
+  ``weights`` [B] (e.g. 0 for an undecodable image) weight the per-example means.
+  """
   dtype = _restoration_dtype(jnp.result_type(pred, target))
   diff = pred.astype(dtype) - target.astype(dtype)
   if loss == "smooth_l1":
     absd = jnp.abs(diff)
-    return jnp.mean(jnp.where(absd < 1.0, 0.5 * diff * diff, absd - 0.5))
-  if loss == "mse":
-    return jnp.mean(diff * diff)
-  raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+    err = jnp.where(absd < 1.0, 0.5 * diff * diff, absd - 0.5)
+  elif loss == "mse":
+    err = diff * diff
+  else:
+    raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+  if weights is None:
+    return jnp.mean(err)
+  per_example = jnp.mean(err.reshape(err.shape[0], -1), axis=1)
+  weights = weights.astype(dtype)
+  return jnp.sum(weights * per_example) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 def restoration_loss(energy_fn: EnergyFn, params: Params, alpha: Array,
                      x0: Array, x_clean: Array, num_steps: int, *,
                      loss: str = "smooth_l1", unroll: bool = True,
-                     with_aux: bool = False):
+                     weights: Array | None = None, with_aux: bool = False):
   """Mean over the batch and the N steps of each step's error vs the clean x.
 
+  ``weights`` [B] weight the examples (see :func:`pixel_error`).
   Returns the scalar loss, or with ``with_aux=True`` a pair
   ``(loss, {"step_errors": [N], "restored": [N, *x0.shape]})`` for
   ``jax.value_and_grad(..., has_aux=True)``.
@@ -125,7 +136,7 @@ def restoration_loss(energy_fn: EnergyFn, params: Params, alpha: Array,
   if x0.shape != x_clean.shape:
     raise ValueError(f"corrupted shape {x0.shape} != clean shape {x_clean.shape}")
   chain = restore(energy_fn, params, x0, alpha, num_steps, unroll=unroll)
-  step_errors = jnp.stack([pixel_error(chain[n], x_clean, loss)
+  step_errors = jnp.stack([pixel_error(chain[n], x_clean, loss, weights)
                            for n in range(num_steps)])
   total = jnp.mean(step_errors)
   if with_aux:

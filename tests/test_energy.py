@@ -160,3 +160,12 @@ def test_bad_arguments_are_clear_errors():
     energy.restoration_loss(mlp_energy, params, 0.5, x0, clean, 1, loss="l3")
   with pytest.raises(ValueError, match="shape"):
     energy.restoration_loss(mlp_energy, params, 0.5, x0[:2], clean, 1)
+
+
+def test_example_weights_drop_examples():
+  params = mlp_params(jax.random.key(10))
+  x0, clean = _batch(jax.random.key(11))
+  w = jnp.array([1.0, 0.0, 1.0, 0.0])
+  weighted = energy.restoration_loss(mlp_energy, params, 0.5, x0, clean, 2, weights=w)
+  kept = energy.restoration_loss(mlp_energy, params, 0.5, x0[::2], clean[::2], 2)
+  np.testing.assert_allclose(weighted, kept, rtol=1e-6)

@@ -1,0 +1,187 @@
+"""Random-access data sources. Each yields ``{"image": bytes | uint8 array, "label": int}``;
+images are decoded later, in the pipeline, where a bad one can be skipped and counted.
+
+  tfds       any TFDS dataset already prepared in ``data_dir`` (local or gs://),
+             e.g. ``imagenet2012``; read with ``tfds.data_source``, no TensorFlow.
+  fashion_mnist_offline
+             Fashion-MNIST from local IDX files (Debian's dataset-fashion-mnist).
+  folder     a local folder of JPEG/PNG images (class subfolders optional),
+             prepared once into ArrayRecord.
+  synthetic  deterministic procedural images, for tests.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Sequence
+
+import msgpack
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+
+
+class DataSourceError(RuntimeError):
+  """The data cannot be found or opened; the message says how to fix it."""
+
+
+IMAGENET_HELP = """\
+TFDS dataset 'imagenet2012' is not prepared in data_dir={data_dir!r}.
+ImageNet cannot be downloaded automatically. To prepare it once:
+  1. Download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from
+     https://image-net.org (an account is needed).
+  2. Put both files in a manual directory, e.g. ~/tensorflow_datasets/downloads/manual/
+  3. Build the ArrayRecord version (this step needs TensorFlow, on any machine):
+       pip install tensorflow tensorflow-datasets
+       tfds build imagenet2012 --data_dir={data_dir} --file_format=array_record \\
+         --manual_dir=~/tensorflow_datasets/downloads/manual
+  4. Run again with --config.data.data_dir={data_dir} (a local path or gs://bucket/path).
+"""
+
+
+# ----------------------------------------------------------------------------
+# TFDS.
+# ----------------------------------------------------------------------------
+def tfds_source(name: str, split: str, data_dir: str | None):
+  import tensorflow_datasets as tfds
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # unknown name, unreadable dir
+    raise DataSourceError(f"cannot open TFDS dataset {name!r} in data_dir={data_dir!r}: {e}") from e
+  if not builder.is_prepared():
+    if name.split(":")[0] == "imagenet2012":
+      raise DataSourceError(IMAGENET_HELP.format(data_dir=data_dir or "~/tensorflow_datasets"))
+    raise DataSourceError(
+        f"TFDS dataset {name!r} is not prepared in data_dir={data_dir!r}. Prepare it "
+        f"once with `tfds build {name} --data_dir=DIR --file_format=array_record` and "
+        "pass --config.data.data_dir=DIR. This program never downloads data.")
+  return _as_source(builder, split)
+
+
+def _as_source(builder, split: str):
+  import tensorflow_datasets as tfds
+  try:
+    return builder.as_data_source(split=split,
+                                  decoders={"image": tfds.decode.SkipDecoding()})
+  except Exception as e:
+    raise DataSourceError(f"cannot read split {split!r} of {builder.name}: {e}. Was it "
+                          "prepared with --file_format=array_record?") from e
+
+
+def fashion_mnist_source(split: str, data_dir: str, idx_dir: str | None = None):
+  from ebm_pretrain.data import fashion_mnist_offline
+  idx_dir = idx_dir or fashion_mnist_offline.DEFAULT_IDX_DIR
+  try:
+    builder = fashion_mnist_offline.prepare(data_dir, idx_dir)
+  except FileNotFoundError as e:
+    raise DataSourceError(str(e)) from e
+  return _as_source(builder, split)
+
+
+# ----------------------------------------------------------------------------
+# A local image folder, prepared once into ArrayRecord.
+# ----------------------------------------------------------------------------
+def _list_folder(folder: str) -> tuple[list[str], list[int], list[str]]:
+  classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+  files, labels = [], []
+  for label, sub in enumerate(classes or [""]):
+    root = os.path.join(folder, sub)
+    for dirpath, _, names in sorted(os.walk(root)):
+      for n in sorted(names):
+        if n.endswith(IMAGE_SUFFIXES):
+          files.append(os.path.join(dirpath, n))
+          labels.append(label if classes else 0)
+  return files, labels, classes
+
+
+def prepare_folder(folder: str, out_dir: str) -> str:
+  """Writes ``out_dir/images.array_record`` (msgpack records of the raw file bytes
+  and the label) and ``classes.json``; returns the record path. Atomic: a
+  half-written file is never used. Records are msgpack, never pickle."""
+  from array_record.python.array_record_module import ArrayRecordWriter
+  path = os.path.join(out_dir, "images.array_record")
+  if os.path.exists(path):
+    return path
+  if not os.path.isdir(folder):
+    raise DataSourceError(f"image folder {folder!r} does not exist")
+  files, labels, classes = _list_folder(folder)
+  if not files:
+    raise DataSourceError(f"no JPEG or PNG images under {folder!r}")
+  os.makedirs(out_dir, exist_ok=True)
+  tmp = path + ".tmp"
+  writer = ArrayRecordWriter(tmp, "group_size:1")
+  for f, label in zip(files, labels):
+    with open(f, "rb") as fh:
+      writer.write(msgpack.packb({"image": fh.read(), "label": label}))
+  writer.close()
+  with open(os.path.join(out_dir, "classes.json"), "w") as fh:
+    json.dump(classes, fh)
+  os.replace(tmp, path)
+  return path
+
+
+class FolderSource:
+  """Random access over the ArrayRecord made by :func:`prepare_folder`."""
+
+  def __init__(self, record_path: str):
+    import grain
+    self._records = grain.sources.ArrayRecordDataSource([record_path])
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return msgpack.unpackb(self._records[i])
+
+
+# ----------------------------------------------------------------------------
+# Synthetic.
+# ----------------------------------------------------------------------------
+class SyntheticSource:
+  """Procedural images (a disc on a colour ramp), the same for the same index.
+  The label is which quadrant holds the disc centre, so it is learnable."""
+
+  def __init__(self, num_examples: int = 1024, image_size: int = 32, channels: int = 3,
+               seed: int = 0):
+    self.n, self.size, self.channels, self.seed = num_examples, image_size, channels, seed
+
+  def __len__(self) -> int:
+    return self.n
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    rng = np.random.default_rng([self.seed, int(i)])
+    s = self.size
+    yy, xx = np.mgrid[:s, :s] / s
+    cy, cx = rng.uniform(0.2, 0.8, 2)
+    r = rng.uniform(0.1, 0.3)
+    disc = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+    ramp = rng.uniform(0, 255, self.channels) * yy[..., None]
+    colour = rng.uniform(0, 255, self.channels)
+    image = np.where(disc[..., None], colour, ramp).astype(np.uint8)
+    return {"image": image, "label": int(cy > 0.5) * 2 + int(cx > 0.5)}
+
+
+# ----------------------------------------------------------------------------
+# From a config.
+# ----------------------------------------------------------------------------
+def get_source(data_cfg, split: str) -> Sequence[dict]:
+  kind = data_cfg.source
+  if kind == "tfds":
+    return tfds_source(data_cfg.name, split, data_cfg.get("data_dir") or None)
+  if kind == "fashion_mnist_offline":
+    return fashion_mnist_source(split, _cache_dir(data_cfg), data_cfg.get("idx_dir") or None)
+  if kind == "folder":
+    folder = data_cfg.folder if split == "train" else data_cfg.get("eval_folder") or data_cfg.folder
+    digest = hashlib.sha1(os.path.abspath(folder).encode()).hexdigest()[:12]
+    out = os.path.join(_cache_dir(data_cfg), f"folder_{digest}")
+    return FolderSource(prepare_folder(folder, out))
+  if kind == "synthetic":
+    return SyntheticSource(data_cfg.get("num_examples") or 1024, data_cfg.image_size,
+                           data_cfg.channels, seed=0 if split == "train" else 1)
+  raise ValueError(f"unknown data.source {kind!r}; valid: tfds, fashion_mnist_offline, "
+                   "folder, synthetic")
+
+
+def _cache_dir(data_cfg) -> str:
+  return os.path.expanduser(data_cfg.get("data_dir") or "~/tensorflow_datasets")

@@ -1,0 +1,75 @@
+"""Training objectives, picked by name (``config.objective``) as big_vision picks
+its loss: the trainer's loop, sharding, checkpointing and metrics are shared.
+
+An objective knows its model, how to initialise its parameters, its loss on a
+normalised batch, and what to draw in restoration grids.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from ebm_pretrain import config_lib, energy, models
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass
+class EnergyObjective:
+  """Paper Eq. 5: restore corrupted images by N energy-descent steps."""
+  config: Any
+
+  def __post_init__(self):
+    c = self.config
+    kw = {k: v for k, v in c.model.to_dict().items() if k not in ("name", "variant")}
+    self.model = models.get_energy_model(c.model.name, c.model.variant, dtype=DTYPES[c.dtype],
+                                         param_dtype=DTYPES[c.param_dtype], **kw)
+    self.energy_fn = models.energy_fn_of(self.model)
+    self.corrupt = config_lib.make_corruption(c)
+
+  def init(self, rng, images):
+    return {"model": self.model.init(rng, images)["params"],
+            "log_alpha": energy.log_alpha_init(self.config.alpha.init)}
+
+  def frozen(self, path: str) -> bool:
+    return path == "log_alpha" and not self.config.alpha.learnable
+
+  def alpha(self, params):
+    return energy.alpha_from_log(params["log_alpha"])
+
+  def loss(self, params, batch, rng):
+    c = self.config
+    x = batch["image"]
+    x0 = self.corrupt(rng, x)
+    loss, aux = energy.restoration_loss(
+        self.energy_fn, params["model"], self.alpha(params), x0, x, c.inner_steps,
+        loss=c.loss, unroll=c.unroll, weights=batch["valid"].astype(jnp.float32),
+        with_aux=True)
+    corrupted_error = energy.pixel_error(x0, x, c.loss, batch["valid"])
+    metrics = {"alpha": self.alpha(params), "corrupted_error": corrupted_error}
+    metrics.update({f"step_error_{n + 1}": e for n, e in enumerate(aux["step_errors"])})
+    return loss, metrics
+
+  def visualize(self, params, batch, rng) -> dict[str, jax.Array]:
+    """Corrupted input, each restoration step, and the original (normalised)."""
+    x = batch["image"]
+    x0 = self.corrupt(rng, x)
+    chain = energy.restore(self.energy_fn, params["model"], x0, self.alpha(params),
+                           self.config.inner_steps, unroll=self.config.unroll)
+    out = {"corrupted": x0}
+    out.update({f"step_{n + 1}": chain[n] for n in range(chain.shape[0])})
+    out["original"] = x
+    return out
+
+
+OBJECTIVES: dict[str, Callable[[Any], Any]] = {"energy": EnergyObjective}
+
+
+def get_objective(config):
+  if config.objective not in OBJECTIVES:
+    raise config_lib.ConfigError(f"config.objective: unknown {config.objective!r}; valid: "
+                                 f"{', '.join(sorted(OBJECTIVES))}")
+  return OBJECTIVES[config.objective](config)

@@ -1,0 +1,60 @@
+"""Shared test helpers: load configs, run the CLI, read checkpoints."""
+import importlib.util
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, arg: str | None = None):
+  path = os.path.join(ROOT, "configs", f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def cli_env(num_devices: int = 1, **extra) -> dict:
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["JAX_PLATFORMS"] = "cpu"
+  env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  env.update(extra)
+  return env
+
+
+def main_cmd(config: str, workdir: str, *overrides: str) -> list[str]:
+  return [sys.executable, "-m", "ebm_pretrain.main", f"--config={config}",
+          f"--workdir={workdir}", *overrides]
+
+
+def run_main(config: str, workdir: str, *overrides: str, num_devices: int = 1,
+             check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+  proc = subprocess.run(main_cmd(config, workdir, *overrides), cwd=ROOT, env=cli_env(num_devices),
+                        capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"main failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr[-4000:]}")
+  return proc
+
+
+def latest_params(workdir: str):
+  """Raw (unsharded numpy) train state of the newest finalised checkpoint."""
+  ckpt = os.path.join(workdir, "checkpoints")
+  with ocp.CheckpointManager(ckpt, item_names=("state",)) as mngr:
+    step = mngr.latest_step()
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, jax.tree.map(np.asarray, restored["state"])
+
+
+def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
+  la, ta = jax.tree_util.tree_flatten_with_path(a)
+  lb, tb = jax.tree_util.tree_flatten_with_path(b)
+  assert ta == tb
+  for (path, x), (_, y) in zip(la, lb):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
+                               err_msg=jax.tree_util.keystr(path))
