@@ -45,9 +45,12 @@ def run_main(config: str, workdir: str, *overrides: str, num_devices: int = 1,
 def latest_params(workdir: str):
   """Raw (unsharded numpy) train state of the newest finalised checkpoint."""
   ckpt = os.path.join(workdir, "checkpoints")
-  with ocp.CheckpointManager(ckpt, item_names=("state",)) as mngr:
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  with ocp.CheckpointManager(ckpt, item_handlers={"state": ocp.StandardCheckpointHandler()}) as mngr:
     step = mngr.latest_step()
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    meta = mngr.item_metadata(step)["state"]
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
   return step, jax.tree.map(np.asarray, restored["state"])
 
 

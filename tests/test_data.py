@@ -1,0 +1,122 @@
+"""Sources and the grain pipeline."""
+import gzip
+import io
+import os
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ebm_pretrain.data import fashion_mnist_offline, pipeline, sources
+from helpers import load_config, run_main
+
+
+def _write_idx(path, array):
+  header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_offline_fashion_mnist_builder_reads_idx_files(tmp_path):
+  idx = tmp_path / "idx"
+  idx.mkdir()
+  rng = np.random.default_rng(0)
+  train_images = rng.integers(0, 256, (12, 28, 28))
+  for name, arr in [("train-images-idx3-ubyte.gz", train_images),
+                    ("train-labels-idx1-ubyte.gz", np.arange(12) % 10),
+                    ("t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (5, 28, 28))),
+                    ("t10k-labels-idx1-ubyte.gz", np.arange(5))]:
+    _write_idx(str(idx / name), arr)
+  np.testing.assert_array_equal(fashion_mnist_offline.read_idx(str(idx / "train-images-idx3-ubyte.gz")),
+                                train_images)
+  src = sources.fashion_mnist_source("train", str(tmp_path / "tfds"), str(idx))
+  assert len(src) == 12
+  labels = sorted(int(src[i]["label"]) for i in range(12))
+  assert labels == sorted(np.arange(12) % 10)
+  decoded = {int(src[i]["label"]): pipeline.decode_image(src[i]["image"], 1)[..., 0] for i in range(10)}
+  np.testing.assert_array_equal(decoded[3], train_images[3])
+  assert len(sources.fashion_mnist_source("test", str(tmp_path / "tfds"), str(idx))) == 5
+
+
+def test_missing_idx_files_are_a_clear_error(tmp_path):
+  with pytest.raises(sources.DataSourceError, match="apt-get install dataset-fashion-mnist"):
+    sources.fashion_mnist_source("train", str(tmp_path / "tfds"), str(tmp_path / "nowhere"))
+  with pytest.raises(ValueError, match="not a uint8 IDX file"):
+    bad = tmp_path / "bad.gz"
+    with gzip.open(bad, "wb") as f:
+      f.write(b"\x01\x02\x03\x04")
+    fashion_mnist_offline.read_idx(str(bad))
+
+
+def _image_folder(root, with_corrupt=True):
+  rng = np.random.default_rng(0)
+  for cls in ("cats", "dogs"):
+    os.makedirs(root / cls)
+    for i in range(5):
+      arr = rng.integers(0, 256, (20 + i, 30, 3), dtype=np.uint8)
+      Image.fromarray(arr).save(root / cls / f"{i}.{'png' if i % 2 else 'jpg'}")
+  if with_corrupt:
+    (root / "dogs" / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+
+
+def test_folder_source_skips_and_counts_corrupt_images(tmp_path):
+  _image_folder(tmp_path / "images")
+  path = sources.prepare_folder(str(tmp_path / "images"), str(tmp_path / "cache"))
+  src = sources.FolderSource(path)
+  assert len(src) == 11 and sorted(set(src[i]["label"] for i in range(11))) == [0, 1]
+  batches = list(pipeline.make_eval_dataset(src, batch_size=4, image_size=16, channels=3))
+  valid = np.concatenate([b["valid"] for b in batches])
+  assert valid.size == 12 and valid.sum() == 10  # 1 corrupt, 1 padding
+  images = np.concatenate([b["image"] for b in batches])
+  assert images.shape == (12, 16, 16, 3) and images.dtype == np.uint8
+
+
+def test_training_on_a_folder_reports_skipped_images(tmp_path):
+  _image_folder(tmp_path / "images")
+  wd = tmp_path / "wd"
+  proc = run_main("configs/tiny.py", str(wd), "--config.data.source=folder",
+                  f"--config.data.folder={tmp_path / 'images'}", f"--config.data.data_dir={tmp_path / 'tfds'}",
+                  "--config.total_steps=4", "--config.batch_size=4", "--config.eval_examples=0")
+  import json
+  records = [json.loads(l) for l in open(wd / "metrics.jsonl")]
+  # 16 images drawn from 11 files, one of them corrupt: it is seen at least once.
+  assert sum(r["skipped_images"] for r in records) >= 1
+  assert "skipped_images" in proc.stdout
+
+
+def test_random_resized_crop_and_center_crop():
+  rng = np.random.default_rng(0)
+  arr = rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)
+  crops = [pipeline.random_resized_crop(arr, 24, rng) for _ in range(20)]
+  assert all(c.shape == (24, 24, 3) and c.dtype == np.uint8 for c in crops)
+  assert len({c.tobytes() for c in crops}) == 20
+  flat = np.full((40, 60, 1), 7, np.uint8)
+  np.testing.assert_array_equal(pipeline.random_resized_crop(flat, 8, rng), np.full((8, 8, 1), 7))
+  grad = np.tile(np.arange(60, dtype=np.uint8)[None, :, None], (40, 1, 1))
+  center = pipeline.center_crop(grad, 20, 20)
+  assert center.shape == (20, 20, 1) and abs(int(center[0, 10, 0]) - 30) <= 2
+
+
+def test_train_iterator_state_resumes_exactly():
+  src = sources.SyntheticSource(50, 16, 3)
+  kw = dict(global_batch=8, num_batches=12, image_size=16, channels=3, seed=1)
+  it = iter(pipeline.make_train_dataset(src, **kw))
+  for _ in range(5):
+    next(it)
+  state = it.get_state()
+  rest = [b["image"] for b in it]
+  resumed = iter(pipeline.make_train_dataset(src, **kw))
+  resumed.set_state(state)
+  again = [b["image"] for b in resumed]
+  assert len(rest) == 7
+  for a, b in zip(rest, again):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not os.path.isdir(fashion_mnist_offline.DEFAULT_IDX_DIR),
+                    reason="needs Debian's dataset-fashion-mnist (CI installs it)")
+def test_demo_config_runs_on_real_fashion_mnist(tmp_path):
+  proc = run_main("configs/demo.py", str(tmp_path / "wd"), f"--config.data.data_dir={tmp_path / 'tfds'}",
+                  "--config.total_steps=2", "--config.eval_examples=200", "--config.log_every=1")
+  assert "step 2/2" in proc.stdout and "eval/psnr_step_2" in proc.stdout
