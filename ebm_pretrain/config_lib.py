@@ -37,7 +37,8 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.seed = 0
 
   c.model = ml_collections.ConfigDict(dict(
-      name="vit", variant="B/16", pool="tok", posemb="learn", drop_path=0.0))
+      name="vit", variant="B/16", pool="tok", posemb="learn", drop_path=0.0,
+      remat="none"))  # remat: none | full | dots | dots_no_batch (ViT blocks)
   c.dtype = "bfloat16"          # compute dtype; params stay float32
   c.param_dtype = "float32"
 
@@ -92,6 +93,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
       _fail("model.pool", f"{m.pool!r}; valid: tok, gap")
     if m.get("posemb", "learn") not in ("learn", "sincos2d"):
       _fail("model.posemb", f"{m.posemb!r}; valid: learn, sincos2d")
+    if m.get("remat", "none") not in models.vit.REMAT_POLICIES:
+      _fail("model.remat", f"{m.remat!r}; valid: {', '.join(models.vit.REMAT_POLICIES)}")
   if config.objective == "energy":
     ratio = config.task_kwargs.get("ratio", None)
     if ratio is not None and not 0 < ratio < 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -65,7 +66,47 @@ class EnergyObjective:
     return out
 
 
-OBJECTIVES: dict[str, Callable[[Any], Any]] = {"energy": EnergyObjective}
+@dataclasses.dataclass
+class SupervisedObjective:
+  """Softmax cross-entropy of the backbone plus a linear classifier: the
+  plain supervised baseline (and the benchmark's reference step)."""
+  config: Any
+
+  def __post_init__(self):
+    c = self.config
+    kw = {k: v for k, v in c.model.to_dict().items() if k not in ("name", "variant")}
+    self.backbone = models.get_backbone(c.model.name, c.model.variant, dtype=DTYPES[c.dtype],
+                                        param_dtype=DTYPES[c.param_dtype], **kw)
+    self.head = nn.Dense(c.num_classes, dtype=DTYPES[c.dtype], param_dtype=DTYPES[c.param_dtype])
+
+  def init(self, rng, images):
+    k1, k2 = jax.random.split(rng)
+    backbone = self.backbone.init(k1, images)["params"]
+    features = self.backbone.apply({"params": backbone}, images)
+    return {"backbone": backbone, "head": self.head.init(k2, features)["params"]}
+
+  def frozen(self, path: str) -> bool:
+    return False
+
+  def logits(self, params, images, train=False, rng=None):
+    rngs = {"dropout": rng} if train and rng is not None else None
+    features = self.backbone.apply({"params": params["backbone"]}, images, train=train, rngs=rngs)
+    return self.head.apply({"params": params["head"]}, features).astype(jnp.float32)
+
+  def loss(self, params, batch, rng):
+    logits = self.logits(params, batch["image"], train=True, rng=rng)
+    labels = jax.nn.one_hot(batch["label"], logits.shape[-1])
+    smoothing = self.config.get("label_smoothing", 0.0)
+    labels = labels * (1 - smoothing) + smoothing / logits.shape[-1]
+    w = batch["valid"].astype(jnp.float32)
+    ce = -jnp.sum(labels * jax.nn.log_softmax(logits), axis=-1)
+    loss = jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
+    acc = jnp.sum(w * (jnp.argmax(logits, -1) == batch["label"])) / jnp.maximum(jnp.sum(w), 1.0)
+    return loss, {"accuracy": acc}
+
+
+OBJECTIVES: dict[str, Callable[[Any], Any]] = {"energy": EnergyObjective,
+                                               "supervised": SupervisedObjective}
 
 
 def get_objective(config):

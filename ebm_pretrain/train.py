@@ -85,6 +85,26 @@ def total_steps_of(config, num_examples: int) -> tuple[int, float]:
 
 
 # ----------------------------------------------------------------------------
+# The update.
+# ----------------------------------------------------------------------------
+def make_train_step(objective, tx, schedule, mean, std):
+  """``(state, batch) -> (state, metrics)``: one optimizer step on a uint8 batch."""
+  def train_step(state, batch):
+    rng = jax.random.fold_in(state["rng"], state["step"])
+    batch = dict(batch, image=normalize(batch["image"], mean, std))
+    (loss, aux), grads = jax.value_and_grad(objective.loss, has_aux=True)(
+        state["params"], batch, rng)
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    out = {"loss": loss, "grad_norm": optax.tree.norm(grads),
+           "lr": schedule(state["step"]),
+           "skipped_images": jnp.sum(~batch["valid"]).astype(jnp.float32), **aux}
+    new_state = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": state["rng"]}
+    return new_state, out
+  return train_step
+
+
+# ----------------------------------------------------------------------------
 # The run.
 # ----------------------------------------------------------------------------
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -166,19 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   start = int(start)
 
   # == Update step =============================================================
-  def train_step(state, batch):
-    rng = jax.random.fold_in(state["rng"], state["step"])
-    batch = dict(batch, image=normalize(batch["image"], mean, std))
-    (loss, aux), grads = jax.value_and_grad(objective.loss, has_aux=True)(
-        state["params"], batch, rng)
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    out = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-           "lr": schedule(state["step"]),
-           "skipped_images": jnp.sum(~batch["valid"]).astype(jnp.float32), **aux}
-    new_state = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": state["rng"]}
-    return new_state, out
-
+  train_step = make_train_step(objective, tx, schedule, mean, std)
   train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
@@ -196,8 +204,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # == Loop ====================================================================
   writer = metrics_lib.MetricWriter(workdir, enabled=primary)
   console = metrics_lib.ConsoleReporter(total_steps, start, enabled=primary)
+  # Preemption: one process catches SIGTERM itself. With several processes all
+  # must stop at the same step, so JAX's coordination service (which
+  # jax.distributed hooks to SIGTERM) agrees on it through Orbax.
   stop = {"signal": None}
-  previous = signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s))
+  previous = signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s)) if nproc == 1 else None
 
   def save(step: int, *, force_check: list):
     _check_finite(force_check, step)
@@ -231,6 +242,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if path and step == total_steps:
           print(f"Restoration grid (corrupted | steps | original): {path}", flush=True)
 
+      if nproc > 1 and manager.reached_preemption(step):
+        stop["signal"] = signal.SIGTERM
       if step % config.checkpoint_every == 0 or step == total_steps or stop["signal"]:
         save(step, force_check=pending)
       if stop["signal"]:
@@ -247,7 +260,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if primary:
         print("Eval: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()), flush=True)
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)
     manager.wait_until_finished()
     manager.close()
     writer.close()

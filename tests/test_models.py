@@ -110,3 +110,16 @@ def test_bad_model_arguments():
   m = models.get_backbone("vit", "mu/5")
   with pytest.raises(ValueError, match="patch size 5 does not divide the image size 16x16"):
     m.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3)))
+
+
+@pytest.mark.parametrize("policy", ["full"])
+def test_remat_leaves_the_energy_gradient_unchanged(policy):
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  plain = models.get_energy_model("vit", "mu/4", dtype=jnp.float32, param_dtype=jnp.float32)
+  remat = models.get_energy_model("vit", "mu/4", dtype=jnp.float32, param_dtype=jnp.float32,
+                                  remat=policy)
+  params = plain.init(jax.random.key(1), x)["params"]
+  grad = lambda m: jax.grad(lambda p: energy.restoration_loss(
+      models.energy_fn_of(m), p, 0.5, x, x * 0.3, 2))(params)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               grad(plain), grad(remat))

@@ -10,10 +10,10 @@ import pytest
 
 from helpers import ROOT, assert_trees_close, cli_env, latest_params, main_cmd, run_main
 
-STEPS = 30
-OVERRIDES = (f"--config.total_steps={STEPS}", "--config.model.variant=nano/4",
-             "--config.checkpoint_every=2", "--config.log_every=2", "--config.image_every=100",
-             "--config.eval_examples=0")
+# Long enough (each tiny step takes milliseconds) that a signal lands mid-run.
+STEPS = 120
+OVERRIDES = (f"--config.total_steps={STEPS}", "--config.checkpoint_every=4",
+             "--config.log_every=4", "--config.image_every=1000", "--config.eval_examples=0")
 
 
 def _last_record(workdir, step):
@@ -53,10 +53,10 @@ def _assert_same_end(wd, reference):
 
 def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, reference):
   wd = str(tmp_path / "killed")
-  code, _, _ = _start_and_interrupt(wd, signal.SIGKILL, after_step=4)
+  code, _, _ = _start_and_interrupt(wd, signal.SIGKILL, after_step=8)
   assert code == -signal.SIGKILL
   killed_at, _ = latest_params(wd)
-  assert 4 <= killed_at < STEPS
+  assert 8 <= killed_at < STEPS
   # A half-written checkpoint (as a crash mid-save leaves) is never picked up.
   junk = os.path.join(wd, "checkpoints", f"{STEPS - 1}.orbax-checkpoint-tmp")
   os.makedirs(os.path.join(junk, "state"))
@@ -68,7 +68,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, reference):
 
 def test_sigterm_saves_and_rerun_equals_uninterrupted(tmp_path, reference):
   wd = str(tmp_path / "preempted")
-  code, out, _ = _start_and_interrupt(wd, signal.SIGTERM, after_step=2)
+  code, out, _ = _start_and_interrupt(wd, signal.SIGTERM, after_step=4)
   assert code == 0 and "Preempted (SIGTERM): checkpoint saved at step" in out
   saved = int(out.split("checkpoint saved at step ")[1].split(";")[0])
   assert latest_params(wd)[0] == saved < STEPS

@@ -102,6 +102,16 @@ class Encoder1DBlock(nn.Module):
     return x + DropPath(self.drop_path)(y, deterministic)
 
 
+# Rematerialisation policies for the encoder blocks (trade compute for memory:
+# the energy step differentiates through the network twice).
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
 class Encoder(nn.Module):
   depth: int
   mlp_dim: int
@@ -109,14 +119,20 @@ class Encoder(nn.Module):
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x, deterministic: bool = True):
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"unknown remat policy {self.remat!r}; valid: {', '.join(REMAT_POLICIES)}")
+    block = Encoder1DBlock
+    if self.remat != "none":
+      block = nn.remat(Encoder1DBlock, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))
     for i in range(self.depth):
       # Linearly increasing drop-path rate with depth, as in DeiT / MAE.
       rate = self.drop_path * i / max(self.depth - 1, 1)
-      x = Encoder1DBlock(self.mlp_dim, self.num_heads, rate, self.dtype,
-                         self.param_dtype, name=f"encoderblock_{i}")(x, deterministic)
+      x = block(self.mlp_dim, self.num_heads, rate, self.dtype,
+                self.param_dtype, name=f"encoderblock_{i}")(x, deterministic)
     return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
                         name="encoder_norm")(x)
 
@@ -132,6 +148,7 @@ class ViT(nn.Module):
   pool: str = "tok"
   posemb: str = "learn"
   drop_path: float = 0.0
+  remat: str = "none"
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
@@ -172,5 +189,5 @@ class ViT(nn.Module):
       cls = self.param("cls", nn.initializers.zeros, (1, 1, width), self.param_dtype)
       x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (x.shape[0], 1, 1)), x], axis=1)
     x = Encoder(cfg["depth"], cfg["mlp_dim"], cfg["num_heads"], self.drop_path,
-                self.dtype, self.param_dtype, name="Transformer")(x, deterministic=not train)
+                self.dtype, self.param_dtype, self.remat, name="Transformer")(x, not train)
     return x[:, 0] if self.pool == "tok" else jnp.mean(x, axis=1)

@@ -1,0 +1,218 @@
+"""Benchmark: ``python -m ebm_pretrain.benchmark --config=configs/vit_s.py [--config.key=value]``.
+
+In one process, after compiling, times (median over ``--steps``, with
+``block_until_ready``) the full energy training step, a plain supervised step
+(forward, backward, AdamW) and a forward pass of the same backbone and batch on
+one device, and reports img/s, step and compile time, XLA's memory analysis and
+peak RSS, XLA's FLOPs and the FLOP/s achieved, against the FLOP/s of a large
+matmul (the roofline) measured in the same run, plus the input pipeline's own
+img/s. Prints a table and writes JSON (``--output``).
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import time
+from typing import Any, Callable
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
+                                          lock_config=False)
+_OUTPUT = flags.DEFINE_string("output", "benchmark.json", "Where to write the JSON report.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per measurement (median).")
+_MATMUL = flags.DEFINE_integer("matmul_size", 2048, "n of the n x n x n roofline matmul.")
+_PIPELINE_CONFIG = config_flags.DEFINE_config_file(
+    "pipeline_config", None, "Config whose data the input pipeline is timed on "
+    "(default: --config's).", lock_config=False)
+_PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 20, "Batches timed in the pipeline.")
+flags.mark_flags_as_required(["config"])
+
+FIELDS = ("step_s", "img_per_s", "compile_s", "flops", "flops_per_s", "roofline_fraction",
+          "xla_memory_mib", "rss_peak_mib")
+
+
+def _rss_mib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _time(fn: Callable[[], Any], steps: int) -> float:
+  import jax
+  jax.block_until_ready(fn())  # warm-up (and any donation plumbing)
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def _compiled(jitted, *args):
+  t = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  compile_s = time.perf_counter() - t
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  mem_bytes = None
+  if mem is not None:
+    mem_bytes = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+                 - mem.alias_size_in_bytes)
+  return compiled, compile_s, float(cost.get("flops", 0.0)), mem_bytes
+
+
+def roofline(n: int, dtype) -> float:
+  """FLOP/s of an n x n @ n x n matmul on the default device."""
+  import jax
+  import jax.numpy as jnp
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  f = jax.jit(lambda a, b: a @ b)
+  return 2 * n ** 3 / _time(lambda: f(a, b), 5)
+
+
+def measure_steps(config, steps: int, matmul_size: int) -> dict[str, dict[str, float]]:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from ebm_pretrain import objectives, train
+
+  d = config.data
+  b = config.batch_size
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.integers(0, 256, (b, d.image_size, d.image_size, d.channels),
+                                             dtype=np.uint8)),
+           "label": jnp.asarray(rng.integers(0, config.get("num_classes", 1000), (b,)), jnp.int32),
+           "valid": jnp.ones((b,), bool)}
+  dummy = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
+  schedule = lambda step: config.optim.base_lr
+  results = {}
+
+  def run_objective(name: str, objective):
+    params = objective.init(jax.random.PRNGKey(0), dummy)
+    tx = train.make_optimizer(config, params, objective, schedule)
+    state = {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
+             "rng": jax.random.PRNGKey(1)}
+    step_fn = jax.jit(train.make_train_step(objective, tx, schedule, d.mean, d.std),
+                      donate_argnums=(0,))
+    compiled, compile_s, flops, mem = _compiled(step_fn, state, batch)
+    holder = {"state": state}
+
+    def one():
+      holder["state"], m = compiled(holder["state"], batch)
+      return m["loss"]
+    results[name] = dict(step_s=_time(one, steps), compile_s=compile_s, flops=flops,
+                         xla_memory_mib=mem / 2 ** 20 if mem is not None else None)
+    results[name]["rss_peak_mib"] = _rss_mib()
+    return params, objective
+
+  # Forward: the energy model's forward pass (backbone + linear head).
+  energy_obj = objectives.EnergyObjective(config)
+  params = energy_obj.init(jax.random.PRNGKey(0), dummy)
+  fwd = jax.jit(lambda p, x: energy_obj.model.apply(
+      {"params": p["model"]}, train.normalize(x, d.mean, d.std)))
+  compiled, compile_s, flops, mem = _compiled(fwd, params, batch["image"])
+  results["forward"] = dict(step_s=_time(lambda: compiled(params, batch["image"]), steps),
+                            compile_s=compile_s, flops=flops,
+                            xla_memory_mib=mem / 2 ** 20 if mem is not None else None,
+                            rss_peak_mib=_rss_mib())
+  del params
+  sup_config = config.copy_and_resolve_references()
+  sup_config.objective = "supervised"
+  sup_config.num_classes = config.get("num_classes", 1000)
+  run_objective("supervised_step", objectives.SupervisedObjective(sup_config))
+  run_objective("energy_step", energy_obj)
+
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(config.dtype, jnp.float32)
+  peak = roofline(matmul_size, dtype)
+  for r in results.values():
+    r["img_per_s"] = b / r["step_s"]
+    r["flops_per_s"] = r["flops"] / r["step_s"]
+    r["roofline_fraction"] = r["flops_per_s"] / peak
+  results["roofline"] = {"matmul_size": matmul_size, "dtype": config.dtype, "flops_per_s": peak}
+  return results
+
+
+def measure_pipeline(config, batches: int) -> dict[str, Any]:
+  from ebm_pretrain.data import pipeline, sources
+  d = config.data
+  try:
+    source = sources.get_source(d, d.split)
+  except sources.DataSourceError as e:
+    return {"img_per_s": None, "error": str(e).splitlines()[0]}
+  ds = pipeline.make_train_dataset(source, global_batch=config.batch_size,
+                                   num_batches=batches + 2, image_size=d.image_size,
+                                   channels=d.channels, seed=0, num_workers=d.num_workers)
+  it = iter(ds)
+  next(it), next(it)  # start-up (worker processes, file handles)
+  t = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  dt = time.perf_counter() - t
+  return {"img_per_s": batches * config.batch_size / dt, "source": d.source,
+          "num_workers": d.num_workers, "batch_size": config.batch_size}
+
+
+def report(config, results: dict, pipe: dict) -> dict:
+  import jax
+  e, s = results["energy_step"], results["supervised_step"]
+  summary = {
+      "energy_over_supervised_time": e["step_s"] / s["step_s"],
+      "energy_roofline_fraction": e["roofline_fraction"],
+      "energy_peak_memory_gib": max(e["xla_memory_mib"] or 0, 0) / 1024,
+      "rss_peak_gib": e["rss_peak_mib"] / 1024,
+      "pipeline_over_energy_speed": (pipe["img_per_s"] / e["img_per_s"]
+                                     if pipe.get("img_per_s") else None),
+  }
+  return {
+      "config": {"model": f"{config.model.name} {config.model.variant}",
+                 "image_size": config.data.image_size, "batch_size": config.batch_size,
+                 "inner_steps": config.inner_steps, "unroll": config.unroll,
+                 "remat": config.model.get("remat", "none"), "dtype": config.dtype},
+      "device": str(jax.devices()[0].device_kind), "backend": jax.default_backend(),
+      "jax": jax.__version__,
+      "results": results, "pipeline": pipe, "summary": summary,
+  }
+
+
+def print_table(rep: dict) -> None:
+  rows = [("", "step s", "img/s", "compile s", "GFLOP", "GFLOP/s", "% roof", "XLA MiB", "RSS MiB")]
+  for name in ("energy_step", "supervised_step", "forward"):
+    r = rep["results"][name]
+    rows.append((name, f"{r['step_s']:.3f}", f"{r['img_per_s']:.1f}", f"{r['compile_s']:.1f}",
+                 f"{r['flops'] / 1e9:.1f}", f"{r['flops_per_s'] / 1e9:.1f}",
+                 f"{100 * r['roofline_fraction']:.0f}",
+                 f"{r['xla_memory_mib']:.0f}" if r["xla_memory_mib"] is not None else "?",
+                 f"{r['rss_peak_mib']:.0f}"))
+  widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+  for r in rows:
+    print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+  roof = rep["results"]["roofline"]
+  print(f"roofline: {roof['matmul_size']}^3 {roof['dtype']} matmul {roof['flops_per_s'] / 1e9:.1f} GFLOP/s")
+  p = rep["pipeline"]
+  print(f"pipeline: {p['img_per_s']:.1f} img/s" if p.get("img_per_s") else f"pipeline: {p.get('error')}")
+  print("summary: " + ", ".join(f"{k} {v:.3g}" for k, v in rep["summary"].items() if v is not None))
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  import jax
+  from ebm_pretrain import config_lib
+  config = _CONFIG.value
+  config_lib.validate(config, num_devices=1)
+  results = measure_steps(config, _STEPS.value, _MATMUL.value)
+  pipe = measure_pipeline(_PIPELINE_CONFIG.value or config, _PIPELINE_BATCHES.value)
+  rep = report(config, results, pipe)
+  print_table(rep)
+  with open(_OUTPUT.value, "w") as f:
+    json.dump(rep, f, indent=2)
+  print(f"wrote {_OUTPUT.value}")
+  del jax
+
+
+if __name__ == "__main__":
+  app.run(main)
