@@ -66,7 +66,6 @@ def _compiled(jitted, *args):
 def roofline(n: int, dtype) -> float:
   """FLOP/s of an n x n @ n x n matmul on the default device."""
   import jax
-  import jax.numpy as jnp
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   f = jax.jit(lambda a, b: a @ b)
@@ -106,7 +105,6 @@ def measure_steps(config, steps: int, matmul_size: int) -> dict[str, dict[str, f
     results[name] = dict(step_s=_time(one, steps), compile_s=compile_s, flops=flops,
                          xla_memory_mib=mem / 2 ** 20 if mem is not None else None)
     results[name]["rss_peak_mib"] = _rss_mib()
-    return params, objective
 
   # Forward: the energy model's forward pass (backbone + linear head).
   energy_obj = objectives.EnergyObjective(config)
@@ -118,7 +116,6 @@ def measure_steps(config, steps: int, matmul_size: int) -> dict[str, dict[str, f
                             compile_s=compile_s, flops=flops,
                             xla_memory_mib=mem / 2 ** 20 if mem is not None else None,
                             rss_peak_mib=_rss_mib())
-  del params
   sup_config = config.copy_and_resolve_references()
   sup_config.objective = "supervised"
   sup_config.num_classes = config.get("num_classes", 1000)
@@ -200,7 +197,6 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  import jax
   from ebm_pretrain import config_lib
   config = _CONFIG.value
   config_lib.validate(config, num_devices=1)
@@ -211,7 +207,6 @@ def main(argv):
   with open(_OUTPUT.value, "w") as f:
     json.dump(rep, f, indent=2)
   print(f"wrote {_OUTPUT.value}")
-  del jax
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.task_kwargs = ml_collections.ConfigDict()
   c.inner_steps = 2             # N
   c.unroll = True               # unroll the inner fori_loop (faster at N=2)
+  c.inner_remat = False         # jax.checkpoint each inner step's input gradient
   c.loss = "smooth_l1"          # Listing 1; "mse" is Eq. 5
   c.alpha = ml_collections.ConfigDict(dict(init=0.1, learnable=True))
 

@@ -67,7 +67,7 @@ def input_gradient(energy_fn: EnergyFn, params: Params, x: Array) -> Array:
 
 
 def restore(energy_fn: EnergyFn, params: Params, x0: Array, alpha: Array,
-            num_steps: int, *, unroll: bool = True) -> Array:
+            num_steps: int, *, unroll: bool = True, remat: bool = False) -> Array:
   """Returns the restoration chain [x̃¹, …, x̃ᴺ], shape [N, *x0.shape], float32
   (float64 for float64 inputs).
 
@@ -76,7 +76,9 @@ def restore(energy_fn: EnergyFn, params: Params, x0: Array, alpha: Array,
   about half the peak memory of the rolled loop (README, Performance), because
   XLA can then fuse and schedule across steps and need not keep loop-carried
   buffers for the backward pass. ``unroll=False`` keeps one compiled step body,
-  which compiles faster for large N.
+  which compiles faster for large N. ``remat=True`` wraps each step's input
+  gradient in ``jax.checkpoint``: the outer backward pass recomputes it instead
+  of storing its residuals.
   """
   if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
     raise ValueError(f"num_steps must be a Python int >= 1, got {num_steps!r}")
@@ -84,10 +86,14 @@ def restore(energy_fn: EnergyFn, params: Params, x0: Array, alpha: Array,
   x0 = jnp.asarray(x0, dtype)
   alpha = jnp.asarray(alpha, dtype)
 
+  grad_x = lambda p, x: input_gradient(energy_fn, p, x)
+  if remat:
+    grad_x = jax.checkpoint(grad_x)
+
   def step(n, carry):
     x, chain = carry
     x = lax.stop_gradient(x)  # Eq. 5: SG between consecutive steps.
-    x = x - alpha * input_gradient(energy_fn, params, x)
+    x = x - alpha * grad_x(params, x)
     return x, chain.at[n].set(x)
 
   chain = jnp.zeros((num_steps,) + x0.shape, dtype)
@@ -122,7 +128,7 @@ def pixel_error(pred: Array, target: Array, loss: str = "smooth_l1",
 
 def restoration_loss(energy_fn: EnergyFn, params: Params, alpha: Array,
                      x0: Array, x_clean: Array, num_steps: int, *,
-                     loss: str = "smooth_l1", unroll: bool = True,
+                     loss: str = "smooth_l1", unroll: bool = True, remat: bool = False,
                      weights: Array | None = None, with_aux: bool = False):
   """Mean over the batch and the N steps of each step's error vs the clean x.
 
@@ -135,7 +141,7 @@ def restoration_loss(energy_fn: EnergyFn, params: Params, alpha: Array,
     raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
   if x0.shape != x_clean.shape:
     raise ValueError(f"corrupted shape {x0.shape} != clean shape {x_clean.shape}")
-  chain = restore(energy_fn, params, x0, alpha, num_steps, unroll=unroll)
+  chain = restore(energy_fn, params, x0, alpha, num_steps, unroll=unroll, remat=remat)
   step_errors = jnp.stack([pixel_error(chain[n], x_clean, loss, weights)
                            for n in range(num_steps)])
   total = jnp.mean(step_errors)

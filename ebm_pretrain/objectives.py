@@ -47,7 +47,8 @@ class EnergyObjective:
     x0 = self.corrupt(rng, x)
     loss, aux = energy.restoration_loss(
         self.energy_fn, params["model"], self.alpha(params), x0, x, c.inner_steps,
-        loss=c.loss, unroll=c.unroll, weights=batch["valid"].astype(jnp.float32),
+        loss=c.loss, unroll=c.unroll, remat=c.get("inner_remat", False),
+        weights=batch["valid"].astype(jnp.float32),
         with_aux=True)
     corrupted_error = energy.pixel_error(x0, x, c.loss, batch["valid"])
     metrics = {"alpha": self.alpha(params), "corrupted_error": corrupted_error}

@@ -9,7 +9,7 @@ would. Metrics stay on device until a log step.
 """
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import math
 import os
@@ -190,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=replicated)
   def visualize(params, batch, rng):
     k = config.image_count
     small = {key: v[:k] for key, v in batch.items()}

@@ -1,6 +1,5 @@
 """Sources and the grain pipeline."""
 import gzip
-import io
 import os
 import struct
 
@@ -9,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ebm_pretrain.data import fashion_mnist_offline, pipeline, sources
-from helpers import load_config, run_main
+from helpers import run_main
 
 
 def _write_idx(path, array):

@@ -125,12 +125,18 @@ def test_alpha_gets_nonzero_gradient_and_is_positive():
 
 
 @pytest.mark.parametrize("n", [1, 2, 3])
-def test_rolled_and_unrolled_loops_agree(n):
+def test_rolled_unrolled_and_remat_loops_agree(n):
   params = mlp_params(jax.random.key(6))
   x0, clean = _batch(jax.random.key(7))
   vg = lambda unroll: jax.value_and_grad(_loss, argnums=(0, 1))(
       params, jnp.asarray(0.0), x0, clean, n, "smooth_l1", unroll)
   (l_u, (g_u, a_u)), (l_r, (g_r, a_r)) = vg(True), vg(False)
+  g_m, a_m = jax.grad(lambda p, a: energy.restoration_loss(
+      mlp_energy, p, energy.alpha_from_log(a), x0, clean, n, remat=True), argnums=(0, 1))(
+          params, jnp.asarray(0.0))
+  np.testing.assert_allclose(a_m, a_u, rtol=1e-5, atol=1e-8)
+  for k in params:  # remat recomputes; it must not change the gradient
+    np.testing.assert_allclose(g_m[k], g_u[k], rtol=1e-5, atol=1e-8)
   np.testing.assert_allclose(l_u, l_r, rtol=1e-6)
   np.testing.assert_allclose(a_u, a_r, rtol=1e-5, atol=1e-8)
   for k in params:

@@ -8,7 +8,7 @@ the compute dtype, ``param_dtype`` the storage dtype of the weights.
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any
 
 import flax.linen as nn
 import jax
