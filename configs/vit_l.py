@@ -14,10 +14,4 @@ from ebm_pretrain import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, task="mixed", variant="L/16")
-  c = config_lib.pretrain_defaults()
-  c.model.variant = a.variant
-  c.task = a.task
-  c.total_epochs = 800
-  c.optim.warmup_epochs = 40
-  return c
+  return config_lib.vit_imagenet_pretrain(arg, variant="L/16", epochs=800, warmup_epochs=40)

@@ -14,10 +14,4 @@ from ebm_pretrain import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, task="mixed", variant="S/16")
-  c = config_lib.pretrain_defaults()
-  c.model.variant = a.variant
-  c.task = a.task
-  c.total_epochs = 200
-  c.optim.warmup_epochs = 20
-  return c
+  return config_lib.vit_imagenet_pretrain(arg, variant="S/16", epochs=200, warmup_epochs=20)

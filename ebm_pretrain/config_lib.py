@@ -73,6 +73,18 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   return c
 
 
+def vit_imagenet_pretrain(arg: str | None, variant: str, epochs: int,
+                          warmup_epochs: int) -> ml_collections.ConfigDict:
+  """The vit_{s,b,l}.py configs: the paper's recipe with task/variant arguments."""
+  a = parse_arg(arg, task="mixed", variant=variant)
+  c = pretrain_defaults()
+  c.model.variant = a.variant
+  c.task = a.task
+  c.total_epochs = epochs
+  c.optim.warmup_epochs = warmup_epochs
+  return c
+
+
 def _fail(field: str, msg: str):
   raise ConfigError(f"config.{field}: {msg}")
 

@@ -18,6 +18,12 @@ from ebm_pretrain import config_lib, energy, models
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def _model_kwargs(config) -> dict:
+  """Everything in ``config.model`` besides name/variant, plus the dtypes."""
+  kw = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "variant")}
+  return dict(kw, dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype])
+
+
 @dataclasses.dataclass
 class EnergyObjective:
   """Paper Eq. 5: restore corrupted images by N energy-descent steps."""
@@ -25,9 +31,7 @@ class EnergyObjective:
 
   def __post_init__(self):
     c = self.config
-    kw = {k: v for k, v in c.model.to_dict().items() if k not in ("name", "variant")}
-    self.model = models.get_energy_model(c.model.name, c.model.variant, dtype=DTYPES[c.dtype],
-                                         param_dtype=DTYPES[c.param_dtype], **kw)
+    self.model = models.get_energy_model(c.model.name, c.model.variant, **_model_kwargs(c))
     self.energy_fn = models.energy_fn_of(self.model)
     self.corrupt = config_lib.make_corruption(c)
 
@@ -75,9 +79,7 @@ class SupervisedObjective:
 
   def __post_init__(self):
     c = self.config
-    kw = {k: v for k, v in c.model.to_dict().items() if k not in ("name", "variant")}
-    self.backbone = models.get_backbone(c.model.name, c.model.variant, dtype=DTYPES[c.dtype],
-                                        param_dtype=DTYPES[c.param_dtype], **kw)
+    self.backbone = models.get_backbone(c.model.name, c.model.variant, **_model_kwargs(c))
     self.head = nn.Dense(c.num_classes, dtype=DTYPES[c.dtype], param_dtype=DTYPES[c.param_dtype])
 
   def init(self, rng, images):
