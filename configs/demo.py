@@ -1,4 +1,4 @@
-"""Demo: a tiny ViT pretrained on Fashion-MNIST, on 2 CPU cores in about 5 minutes.
+"""Demo: a tiny ViT pretrained on Fashion-MNIST, on 2 CPU cores in about 8 minutes.
 
   python -m ebm_pretrain.main --config=configs/demo.py --workdir=workdirs/demo
 
@@ -7,9 +7,10 @@ Needs Debian's `dataset-fashion-mnist` (the IDX files in
 ArrayRecord copy once in data_dir (~15 s), then trains ViT-nano/7 at 28px with
 mixed corruptions (random masking, 4x SR, denoising; no colorization on gray
 data). Produces workdirs/demo/{checkpoints, metrics.jsonl, tensorboard, images/}.
-Expected: the loss falls below the corrupted error, and the final held-out
-evaluation prints a restored PSNR above the corrupted PSNR (README lists the
-figures measured).
+Expected: the loss falls below the corrupted error (0.175 vs 0.22 at the end),
+and the final held-out evaluation prints a restored PSNR above the corrupted one
+(measured: eval/psnr_corrupted 12.296, eval/psnr_step_1 13.105,
+eval/psnr_step_2 13.195).
 
   configs/demo.py:task=sr4   picks another pretext task.
 """
