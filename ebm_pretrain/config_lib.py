@@ -128,6 +128,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   if config.batch_size < 1 or config.batch_size % num_devices:
     _fail("batch_size", f"{config.batch_size} is not divisible by the number of devices "
           f"({num_devices})")
+  if config.get("eval_examples", 0) and config.eval_batch_size % num_devices:
+    _fail("eval_batch_size", f"{config.eval_batch_size} is not divisible by the number of "
+          f"devices ({num_devices})")
   if config.batch_size % process_count:
     _fail("batch_size", f"{config.batch_size} is not divisible by the number of processes "
           f"({process_count})")

@@ -18,6 +18,7 @@ from helpers import assert_trees_close, latest_params, load_config, run_main
     ("model.variant", "mu/5", r"config.model.variant: patch size 5 does not divide data.image_size=16"),
     ("batch_size", 12, r"config.batch_size: 12 is not divisible by the number of devices \(8\)"),
     ("inner_steps", 0, r"config.inner_steps: must be an int >= 1"),
+    ("eval_batch_size", 12, r"config.eval_batch_size: 12 is not divisible by the number of devices"),
     ("task_kwargs.ratio", 1.5, r"config.task_kwargs.ratio: must be in \(0, 1\)"),
     ("loss", "l3", r"config.loss: 'l3'; valid: smooth_l1, mse"),
 ])
