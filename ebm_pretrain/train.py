@@ -210,8 +210,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   stop = {"signal": None}
   previous = signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s)) if nproc == 1 else None
 
-  def save(step: int, *, force_check: list):
-    _check_finite(force_check, step)
+  def save(step: int, unchecked: list[dict]):
+    _check_finite(unchecked, step)  # never checkpoint a non-finite state
     manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
 
@@ -245,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       if nproc > 1 and manager.reached_preemption(step):
         stop["signal"] = signal.SIGTERM
       if step % config.checkpoint_every == 0 or step == total_steps or stop["signal"]:
-        save(step, force_check=pending)
+        save(step, pending)
       if stop["signal"]:
         manager.wait_until_finished()
         logging.warning("SIGTERM: checkpoint saved at step %d, exiting", step)
