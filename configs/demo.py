@@ -7,10 +7,10 @@ Needs Debian's `dataset-fashion-mnist` (the IDX files in
 ArrayRecord copy once in data_dir (~15 s), then trains ViT-nano/7 at 28px with
 mixed corruptions (random masking, 4x SR, denoising; no colorization on gray
 data). Produces workdirs/demo/{checkpoints, metrics.jsonl, tensorboard, images/}.
-Expected: the loss falls below the corrupted error (0.175 vs 0.22 at the end),
-and the final held-out evaluation prints a restored PSNR above the corrupted one
-(measured: eval/psnr_corrupted 12.296, eval/psnr_step_1 13.105,
-eval/psnr_step_2 13.195).
+Expected: the loss falls well below the corrupted error (~0.10 vs 0.22 at the
+end), and the final held-out evaluation prints a restored PSNR above the
+corrupted one (measured: eval/psnr_corrupted 12.296, eval/psnr_step_1 14.859,
+eval/psnr_step_2 15.162).
 
   configs/demo.py:task=sr4   picks another pretext task.
 """
@@ -24,17 +24,15 @@ def get_config(arg=None):
   c.model.pool = "gap"
   c.dtype = "float32"  # bf16 is emulated, hence slow, on CPUs
   c.task = a.task
+  # alpha starts at 1, not 0.1: with 28px images and a small model, the input
+  # gradient is small at first, so at 0.1 the restoration steps barely move and
+  # the first hundreds of steps learn little (measured: loss after 400 steps
+  # 0.157 vs 0.197 at 0.1, with the corrupted error at 0.22).
+  c.alpha.init = 1.0
   if a.task == "mixed":
     c.task_kwargs.mask = "mask_random_large"
     c.task_kwargs.sr = "sr4"
-  c.data.source = "fashion_mnist_offline"
-  c.data.data_dir = "~/tensorflow_datasets"
-  c.data.eval_split = "test"
-  c.data.image_size = 28
-  c.data.channels = 1
-  c.data.mean = [0.2860]
-  c.data.std = [0.3530]
-  c.data.num_workers = 0  # the 2 cores are busy with the model
+  config_lib.use_fashion_mnist(c.data)
   c.batch_size = 64
   c.total_steps = a.steps
   c.optim.base_lr = 1e-3

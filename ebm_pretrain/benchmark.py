@@ -92,7 +92,9 @@ def measure_steps(config, steps: int, matmul_size: int) -> dict[str, dict[str, f
   def run_objective(name: str, objective):
     params = objective.init(jax.random.PRNGKey(0), dummy)
     tx = train.make_optimizer(config, params, objective, schedule)
-    state = {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
+    state = {"params": params,
+             "model_state": objective.init_model_state(jax.random.PRNGKey(0), dummy),
+             "opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
              "rng": jax.random.PRNGKey(1)}
     step_fn = jax.jit(train.make_train_step(objective, tx, schedule, d.mean, d.std),
                       donate_argnums=(0,))

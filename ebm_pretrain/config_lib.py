@@ -54,9 +54,13 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
       source="tfds", name="imagenet2012", data_dir="", split="train", eval_split="validation",
       image_size=224, channels=3, mean=list(corruptions.IMAGENET_MEAN),
       std=list(corruptions.IMAGENET_STD), num_workers=8, idx_dir="", folder="",
-      num_examples=0))  # num_examples: synthetic source only
+      num_examples=0,     # synthetic source only
+      train_fraction=1.0,  # train on a fixed random subset (e.g. 0.01 of the labels)
+      eval_resize=0))     # eval: resize the short side to this (0: image_size), center crop
 
+  c.init = ""                   # a checkpoint (workdir) to take the backbone from
   c.batch_size = 256            # global
+  c.grad_accum_steps = 1        # micro-batches per step (same global batch, less memory)
   c.total_epochs = 200
   c.total_steps = 0             # > 0 overrides total_epochs
   c.optim = ml_collections.ConfigDict(dict(
@@ -68,8 +72,83 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.image_every = 1000          # restoration grids (PNG + TensorBoard)
   c.image_count = 8
-  c.eval_examples = 0           # > 0: held-out restoration PSNR at the end of the run
+  c.eval_examples = 0           # > 0: held-out evaluation of that many images; -1: all
   c.eval_batch_size = 256
+  c.eval_every = 0              # steps; 0: only at the end of the run
+  c.best_metric = ""            # e.g. "eval/top1": also keep the best checkpoint in best/
+  return c
+
+
+def finetune_defaults() -> ml_collections.ConfigDict:
+  """The paper's fine-tuning recipe (Table A, after MAE) for a ViT on ImageNet-1k:
+  AdamW lr 1e-3 x batch/256, betas (0.9, 0.999), wd 0.05, layer decay 0.75,
+  batch 1024, 5 warmup epochs then cosine, drop path 0.1, RandAug (9, 0.5),
+  label smoothing 0.1, mixup 0.8, cutmix 1.0, global-pool head; top-1 on a
+  224 center crop of the image resized to 256."""
+  c = pretrain_defaults()
+  c.objective = "supervised"
+  c.num_classes = 1000
+  c.model.pool = "gap"
+  c.model.drop_path = 0.1
+  c.head_init_std = 2e-5
+  c.head_batchnorm = False
+  c.freeze_backbone = False
+  c.layer_decay = 0.75
+  c.label_smoothing = 0.1
+  c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5,
+                                           prob=1.0))
+  # RandAug (9, 0.5): timm's rand-m9-mstd0.5 (2 ops); randaug_ops=0 turns it off.
+  c.augment = ml_collections.ConfigDict(dict(crop_scale=(0.08, 1.0), flip=True, randaug_ops=2,
+                                             randaug_magnitude=9.0, randaug_std=0.5))
+  c.data.eval_resize = 256
+  c.batch_size = 1024
+  c.total_epochs = 100
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamw", base_lr=1e-3, lr_base_batch=256, b1=0.9, b2=0.999, weight_decay=0.05,
+      warmup_epochs=5, warmup_steps=0, min_lr=1e-6, grad_clip=0.0))
+  c.image_every = 10 ** 9       # no restoration grids
+  c.checkpoint_every = 1000
+  c.keep_checkpoints = 1        # the last; best/ holds the best
+  c.eval_examples = -1          # the whole validation split
+  c.eval_every = 5000
+  c.best_metric = "eval/top1"
+  return c
+
+
+def linprobe_defaults() -> ml_collections.ConfigDict:
+  """MAE's linear probing: the backbone frozen, BatchNorm (no affine) + linear
+  head, LARS lr 0.1 x batch/256, batch 16384, 90 epochs (10 warmup), no weight
+  decay, RandomResizedCrop + flip only."""
+  c = finetune_defaults()
+  c.freeze_backbone = True
+  c.head_batchnorm = True
+  c.head_init_std = 0.01
+  c.layer_decay = 1.0
+  c.label_smoothing = 0.0
+  c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, switch_prob=0.5,
+                                           prob=1.0))
+  c.augment.randaug_ops = 0
+  c.model.drop_path = 0.0
+  c.model.pool = "tok"          # the features pretraining read (MAE probes the cls token)
+  c.batch_size = 16384
+  c.total_epochs = 90
+  c.optim = ml_collections.ConfigDict(dict(
+      name="lars", base_lr=0.1, lr_base_batch=256, b1=0.9, b2=0.999, weight_decay=0.0,
+      warmup_epochs=10, warmup_steps=0, min_lr=0.0, grad_clip=0.0))
+  return c
+
+
+def vit_imagenet_downstream(arg: str | None, variant: str, epochs: int,
+                            linprobe: bool = False) -> ml_collections.ConfigDict:
+  """The finetune_vit_* / linprobe_vit_* configs; ``init`` names the pretraining
+  workdir (or pass --config.init=...); init= (empty) trains from scratch."""
+  c = linprobe_defaults() if linprobe else finetune_defaults()
+  a = parse_arg(arg, variant=variant, init="", pool=c.model.pool)
+  c.model.variant = a.variant
+  c.model.pool = a.pool
+  c.init = a.init
+  if not linprobe:
+    c.total_epochs = epochs
   return c
 
 
@@ -83,6 +162,14 @@ def vit_imagenet_pretrain(arg: str | None, variant: str, epochs: int,
   c.total_epochs = epochs
   c.optim.warmup_epochs = warmup_epochs
   return c
+
+
+def use_fashion_mnist(data: ml_collections.ConfigDict) -> None:
+  """The demos' data: Fashion-MNIST from Debian's IDX files, 28px gray, test split
+  for evaluation, no worker processes (the 2 cores are busy with the model)."""
+  data.update(dict(source="fashion_mnist_offline", data_dir="~/tensorflow_datasets",
+                   eval_split="test", image_size=28, channels=1, mean=[0.2860], std=[0.3530],
+                   num_workers=0, eval_resize=0))
 
 
 def _fail(field: str, msg: str):
@@ -104,8 +191,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
       _fail("model.variant", f"patch size {patch} does not divide data.image_size={size}")
     if m.get("pool", "tok") not in ("tok", "gap"):
       _fail("model.pool", f"{m.pool!r}; valid: tok, gap")
-    if m.get("posemb", "learn") not in ("learn", "sincos2d"):
-      _fail("model.posemb", f"{m.posemb!r}; valid: learn, sincos2d")
+    if m.get("posemb", "learn") not in models.vit.POSEMBS:
+      _fail("model.posemb", f"{m.posemb!r}; valid: {', '.join(models.vit.POSEMBS)}")
     if m.get("remat", "none") not in models.vit.REMAT_POLICIES:
       _fail("model.remat", f"{m.remat!r}; valid: {', '.join(models.vit.REMAT_POLICIES)}")
   if config.objective == "energy":
@@ -128,6 +215,22 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   if config.batch_size < 1 or config.batch_size % num_devices:
     _fail("batch_size", f"{config.batch_size} is not divisible by the number of devices "
           f"({num_devices})")
+  accum = config.get("grad_accum_steps", 1)
+  if not isinstance(accum, int) or accum < 1 or config.batch_size % (num_devices * accum):
+    _fail("grad_accum_steps", f"{accum!r}: batch_size ({config.batch_size}) must split into "
+          f"grad_accum_steps micro-batches with an equal share on each of {num_devices} devices")
+  if config.objective == "supervised":
+    if config.get("num_classes", 0) < 2:
+      _fail("num_classes", f"must be >= 2, got {config.get('num_classes')}")
+    decay = config.get("layer_decay", 1.0)
+    if not 0 < decay <= 1:
+      _fail("layer_decay", f"must be in (0, 1], got {decay}")
+    if not 0 <= config.get("label_smoothing", 0.0) < 1:
+      _fail("label_smoothing", f"must be in [0, 1), got {config.label_smoothing}")
+  if config.get("optim", {}).get("name", "adamw") not in ("adamw", "lars"):
+    _fail("optim.name", f"{config.optim.name!r}; valid: adamw, lars")
+  if not 0 < config.data.get("train_fraction", 1.0) <= 1:
+    _fail("data.train_fraction", f"must be in (0, 1], got {config.data.train_fraction}")
   if config.get("eval_examples", 0) and config.eval_batch_size % num_devices:
     _fail("eval_batch_size", f"{config.eval_batch_size} is not divisible by the number of "
           f"devices ({num_devices})")

@@ -42,12 +42,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
-  from ebm_pretrain import config_lib, train
+  from ebm_pretrain import checkpoints, config_lib, train
   from ebm_pretrain.data.sources import DataSourceError
   _init_distributed()
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (DataSourceError, config_lib.ConfigError, train.NonFiniteLossError) as e:
+  except (DataSourceError, config_lib.ConfigError, checkpoints.CheckpointError,
+          train.NonFiniteLossError) as e:
     # Errors with a message that says what to do: no stack trace.
     logging.error("%s", e)
     print(f"error: {e}", file=sys.stderr)

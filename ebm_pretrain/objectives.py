@@ -1,8 +1,18 @@
 """Training objectives, picked by name (``config.objective``) as big_vision picks
 its loss: the trainer's loop, sharding, checkpointing and metrics are shared.
 
-An objective knows its model, how to initialise its parameters, its loss on a
-normalised batch, and what to draw in restoration grids.
+An objective knows its model and how to initialise it, its loss on a normalised
+batch, and its held-out evaluation:
+
+  init(rng, images) -> params
+  init_model_state(rng, images) -> non-trained variables (BatchNorm statistics), or {}
+  loss(params, model_state, batch, rng) -> (loss, (metrics, new model_state))
+  eval_sums(params, model_state, batch, rng) -> per-batch sums, with "count"
+  eval_summary(totals) -> {"eval/...": value}
+  frozen(path) -> whether the optimizer leaves a parameter alone
+  lr_multipliers(params) -> per-parameter learning-rate factors (or None)
+  init_from(params, path) -> params with the pretrained backbone of a checkpoint
+  visualize(params, batch, rng) -> images to draw (optional)
 """
 from __future__ import annotations
 
@@ -12,8 +22,9 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ebm_pretrain import config_lib, energy, models
+from ebm_pretrain import checkpoints, config_lib, energy, mixing, models
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -22,6 +33,15 @@ def _model_kwargs(config) -> dict:
   """Everything in ``config.model`` besides name/variant, plus the dtypes."""
   kw = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "variant")}
   return dict(kw, dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype])
+
+
+def path_str(path) -> str:
+  """A pytree key path as 'a/b/c'."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def _weighted_mean(x, w):
+  return jnp.sum(w * x) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 @dataclasses.dataclass
@@ -39,13 +59,28 @@ class EnergyObjective:
     return {"model": self.model.init(rng, images)["params"],
             "log_alpha": energy.log_alpha_init(self.config.alpha.init)}
 
+  def init_model_state(self, rng, images):
+    return {}
+
   def frozen(self, path: str) -> bool:
     return path == "log_alpha" and not self.config.alpha.learnable
+
+  def lr_multipliers(self, params):
+    return None
+
+  def init_from(self, params, path: str, log=print):
+    params = dict(params)
+    model = dict(params["model"])
+    found = checkpoints.find(path)
+    model["backbone"] = checkpoints.load_backbone(
+        model["backbone"], checkpoints.backbone_of(checkpoints.restore_params(found)), log=log)
+    params["model"] = model
+    return params
 
   def alpha(self, params):
     return energy.alpha_from_log(params["log_alpha"])
 
-  def loss(self, params, batch, rng):
+  def loss(self, params, model_state, batch, rng):
     c = self.config
     x = batch["image"]
     x0 = self.corrupt(rng, x)
@@ -57,7 +92,7 @@ class EnergyObjective:
     corrupted_error = energy.pixel_error(x0, x, c.loss, batch["valid"])
     metrics = {"alpha": self.alpha(params), "corrupted_error": corrupted_error}
     metrics.update({f"step_error_{n + 1}": e for n, e in enumerate(aux["step_errors"])})
-    return loss, metrics
+    return loss, (metrics, model_state)
 
   def visualize(self, params, batch, rng) -> dict[str, jax.Array]:
     """Corrupted input, each restoration step, and the original (normalised)."""
@@ -70,17 +105,67 @@ class EnergyObjective:
     out["original"] = x
     return out
 
+  def eval_sums(self, params, model_state, batch, rng):
+    """Squared pixel error ([0, 1] space) of the corrupted and of each restored
+    image against the clean one, summed over the valid examples."""
+    d = self.config.data
+    mean, std = jnp.asarray(d.mean), jnp.asarray(d.std)
+    stages = self.visualize(params, batch, rng)
+    clean = jnp.clip(stages.pop("original") * std + mean, 0.0, 1.0)
+    w = batch["valid"].astype(jnp.float32)
+    out = {name: jnp.sum(w * jnp.mean((jnp.clip(x * std + mean, 0.0, 1.0) - clean) ** 2,
+                                      axis=(1, 2, 3)))
+           for name, x in stages.items()}
+    out["count"] = jnp.sum(w)
+    return out
+
+  def eval_summary(self, totals: dict[str, float]) -> dict[str, float]:
+    """PSNR of the corrupted input and of each restoration step."""
+    n = max(totals.get("count", 0.0), 1.0)
+    return {f"eval/psnr_{k}": float(10 * np.log10(1.0 / max(v / n, 1e-12)))
+            for k, v in totals.items() if k != "count"}
+
+
+class ClassifierHead(nn.Module):
+  """Linear classifier on backbone features; with ``batchnorm``, preceded by a
+  BatchNorm without affine parameters (MAE's linear probing)."""
+  num_classes: int
+  batchnorm: bool = False
+  init_std: float = 2e-5
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features, train: bool = False):
+    if self.batchnorm:
+      features = nn.BatchNorm(use_running_average=not train, use_bias=False, use_scale=False,
+                              momentum=0.9, epsilon=1e-6, dtype=jnp.float32, name="norm")(
+                                  features.astype(jnp.float32))
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(self.init_std),
+                    dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(features)
+
 
 @dataclasses.dataclass
 class SupervisedObjective:
-  """Softmax cross-entropy of the backbone plus a linear classifier: the
-  plain supervised baseline (and the benchmark's reference step)."""
+  """Softmax cross-entropy of the backbone plus a linear classifier: fine-tuning
+  (paper Table A: mixup/cutmix, label smoothing, drop path, layer-wise lr decay),
+  linear probing (``freeze_backbone``, BatchNorm head), training from scratch,
+  and the benchmark's reference step."""
   config: Any
 
   def __post_init__(self):
     c = self.config
     self.backbone = models.get_backbone(c.model.name, c.model.variant, **_model_kwargs(c))
-    self.head = nn.Dense(c.num_classes, dtype=DTYPES[c.dtype], param_dtype=DTYPES[c.param_dtype])
+    self.head = ClassifierHead(c.num_classes, batchnorm=c.get("head_batchnorm", False),
+                               init_std=c.get("head_init_std", 2e-5), dtype=DTYPES[c.dtype],
+                               param_dtype=DTYPES[c.param_dtype])
+    self.freeze_backbone = c.get("freeze_backbone", False)
+
+  def _features(self, params, images, train, rng):
+    if self.freeze_backbone:  # linear probing: no drop path, no backbone gradients
+      return jax.lax.stop_gradient(self.backbone.apply({"params": params["backbone"]}, images))
+    rngs = {"dropout": rng} if train else None
+    return self.backbone.apply({"params": params["backbone"]}, images, train=train, rngs=rngs)
 
   def init(self, rng, images):
     k1, k2 = jax.random.split(rng)
@@ -88,24 +173,90 @@ class SupervisedObjective:
     features = self.backbone.apply({"params": backbone}, images)
     return {"backbone": backbone, "head": self.head.init(k2, features)["params"]}
 
+  def init_model_state(self, rng, images):
+    features = jax.eval_shape(lambda: self.backbone.init_with_output(rng, images)[0])
+    variables = self.head.init(rng, jnp.zeros(features.shape, features.dtype))
+    return {k: v for k, v in variables.items() if k != "params"}
+
   def frozen(self, path: str) -> bool:
-    return False
+    return self.freeze_backbone and path.startswith("backbone/")
 
-  def logits(self, params, images, train=False, rng=None):
-    rngs = {"dropout": rng} if train and rng is not None else None
-    features = self.backbone.apply({"params": params["backbone"]}, images, train=train, rngs=rngs)
-    return self.head.apply({"params": params["head"]}, features).astype(jnp.float32)
+  def lr_multipliers(self, params):
+    """Layer-wise lr decay (BEiT/MAE): decay ** (num_layers - layer of the param)."""
+    decay = self.config.get("layer_decay", 1.0)
+    if decay == 1.0:
+      return None
+    m = self.config.model
 
-  def loss(self, params, batch, rng):
-    logits = self.logits(params, batch["image"], train=True, rng=rng)
-    labels = jax.nn.one_hot(batch["label"], logits.shape[-1])
-    smoothing = self.config.get("label_smoothing", 0.0)
-    labels = labels * (1 - smoothing) + smoothing / logits.shape[-1]
+    def factor(path, _):
+      p = path_str(path)
+      if not p.startswith("backbone/"):
+        return 1.0
+      i, n = models.layer_id(m.name, m.variant, p[len("backbone/"):])
+      return float(decay ** (n - i))
+    return jax.tree_util.tree_map_with_path(factor, params)
+
+  def init_from(self, params, path: str, log=print):
+    """``params`` with the backbone of the checkpoint at ``path`` (an energy
+    pretraining or another fine-tuning run); the classifier head stays fresh."""
+    found = checkpoints.find(path)
+    if found.workdir is not None:
+      trained = checkpoints.read_config(found).model
+      m = self.config.model
+      if (trained.name, trained.variant) != (m.name, m.variant):
+        raise checkpoints.CheckpointError(
+            f"{path} holds a {trained.name} {trained.variant} backbone; this config builds "
+            f"{m.name} {m.variant}. Set --config.model.name={trained.name} "
+            f"--config.model.variant={trained.variant}, or point --config.init at a "
+            f"{m.name} {m.variant} checkpoint.")
+    fresh_ok = checkpoints.FRESH_OK if self.config.model.get("posemb") == "sincos2d_learn" else ()
+    try:
+      backbone = checkpoints.load_backbone(
+          params["backbone"], checkpoints.backbone_of(checkpoints.restore_params(found)),
+          fresh_ok=fresh_ok, log=log)
+    except checkpoints.CheckpointError as e:
+      hint = ("\n(a checkpoint pretrained with fixed sin-cos position embeddings has no "
+              "pos_embedding: fine-tune with --config.model.posemb=sincos2d_learn)"
+              if "  pos_embedding" in str(e) or "/pos_embedding" in str(e) else "")
+      raise checkpoints.CheckpointError(f"{path}: {e}{hint}") from None
+    log(f"Initialised the backbone from {found.checkpoints_dir} step {found.step}")
+    return dict(params, backbone=backbone)
+
+  def logits(self, params, model_state, images, train=False, rng=None):
+    features = self._features(params, images, train, rng)
+    variables = {"params": params["head"], **model_state}
+    if train and model_state:
+      logits, new_state = self.head.apply(variables, features, train=True,
+                                          mutable=list(model_state))
+      return logits.astype(jnp.float32), dict(new_state)
+    return self.head.apply(variables, features, train=train).astype(jnp.float32), model_state
+
+  def loss(self, params, model_state, batch, rng):
+    c = self.config
+    k_mix, k_drop = jax.random.split(rng)
+    mix = c.get("mixup", None)
+    images, targets, _ = mixing.mixup_cutmix(
+        k_mix, batch["image"], batch["label"], num_classes=c.num_classes,
+        mixup_alpha=mix.mixup_alpha if mix else 0.0, cutmix_alpha=mix.cutmix_alpha if mix else 0.0,
+        switch_prob=mix.switch_prob if mix else 0.5, prob=mix.prob if mix else 1.0,
+        smoothing=c.get("label_smoothing", 0.0))
+    logits, model_state = self.logits(params, model_state, images, train=True, rng=k_drop)
     w = batch["valid"].astype(jnp.float32)
-    ce = -jnp.sum(labels * jax.nn.log_softmax(logits), axis=-1)
-    loss = jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
-    acc = jnp.sum(w * (jnp.argmax(logits, -1) == batch["label"])) / jnp.maximum(jnp.sum(w), 1.0)
-    return loss, {"accuracy": acc}
+    ce = -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
+    acc = _weighted_mean(jnp.argmax(logits, -1) == batch["label"], w)
+    return _weighted_mean(ce, w), ({"accuracy": acc}, model_state)
+
+  def eval_sums(self, params, model_state, batch, rng):
+    logits, _ = self.logits(params, model_state, batch["image"])
+    w = batch["valid"].astype(jnp.float32)
+    labels = jnp.maximum(batch["label"], 0)
+    ce = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
+    return {"correct": jnp.sum(w * (jnp.argmax(logits, -1) == labels)),
+            "loss": jnp.sum(w * ce), "count": jnp.sum(w)}
+
+  def eval_summary(self, totals: dict[str, float]) -> dict[str, float]:
+    n = max(totals.get("count", 0.0), 1.0)
+    return {"eval/top1": totals["correct"] / n, "eval/loss": totals["loss"] / n}
 
 
 OBJECTIVES: dict[str, Callable[[Any], Any]] = {"energy": EnergyObjective,

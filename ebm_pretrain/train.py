@@ -37,15 +37,11 @@ class NonFiniteLossError(FloatingPointError):
 # ----------------------------------------------------------------------------
 # Optimizer.
 # ----------------------------------------------------------------------------
-def _path_str(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-
-
 def decay_mask(params) -> Any:
   """Weight decay on Dense/Conv kernels only: never on norms, biases, position
   embeddings, the cls token or alpha (MAE / paper Table A)."""
   return jax.tree_util.tree_map_with_path(
-      lambda p, _: _path_str(p).endswith("kernel"), params)
+      lambda p, _: objectives.path_str(p).endswith("kernel"), params)
 
 
 def learning_rate_schedule(config, total_steps: int, steps_per_epoch: float):
@@ -57,15 +53,31 @@ def learning_rate_schedule(config, total_steps: int, steps_per_epoch: float):
                                             end_value=o.min_lr)
 
 
+def scale_by_tree(factors) -> optax.GradientTransformation:
+  """Multiplies each update by a fixed per-parameter factor. After AdamW (whose
+  weight decay is already scaled by the learning rate) this is exactly a
+  per-parameter learning rate: layer-wise lr decay."""
+  def update(updates, state, params=None):
+    return jax.tree.map(lambda u, f: u * jnp.asarray(f, u.dtype), updates, factors), state
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
+
+
 def make_optimizer(config, params, objective, schedule):
   o = config.optim
-  adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+  if o.get("name", "adamw") == "lars":  # MAE's linear probing
+    opt = optax.lars(schedule, weight_decay=o.weight_decay, momentum=o.b1,
+                     weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask)
+  else:
+    opt = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
                       mask=decay_mask)
   if o.grad_clip > 0:
-    adamw = optax.chain(optax.clip_by_global_norm(o.grad_clip), adamw)
+    opt = optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
+  factors = objective.lr_multipliers(params)
+  if factors is not None:
+    opt = optax.chain(opt, scale_by_tree(factors))
   labels = jax.tree_util.tree_map_with_path(
-      lambda p, _: "frozen" if objective.frozen(_path_str(p)) else "train", params)
-  return optax.multi_transform({"train": adamw, "frozen": optax.set_to_zero()}, labels)
+      lambda p, _: "frozen" if objective.frozen(objectives.path_str(p)) else "train", params)
+  return optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
 
 
 # ----------------------------------------------------------------------------
@@ -87,19 +99,45 @@ def total_steps_of(config, num_examples: int) -> tuple[int, float]:
 # ----------------------------------------------------------------------------
 # The update.
 # ----------------------------------------------------------------------------
-def make_train_step(objective, tx, schedule, mean, std):
+def accumulate_gradients(loss_fn, params, model_state, batch, rng, steps: int):
+  """Mean loss, metrics and gradients over ``steps`` equal micro-batches, run one
+  after the other (``lax.scan``): the recipe's batch on fewer or smaller devices.
+  Micro-batch j holds examples j, j + steps, ..., so that every device keeps an
+  equal share of each micro-batch and nothing moves between devices."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if steps == 1:
+    (loss, (metrics, model_state)), grads = grad_fn(params, model_state, batch, rng)
+    return loss, metrics, model_state, grads
+  micro = jax.tree.map(
+      lambda x: x.reshape(x.shape[0] // steps, steps, *x.shape[1:]).swapaxes(0, 1), batch)
+
+  def body(carry, xs):
+    acc, ms = carry
+    i, mb = xs
+    (loss, (metrics, ms)), grads = grad_fn(params, ms, mb, jax.random.fold_in(rng, i))
+    return (jax.tree.map(jnp.add, acc, grads), ms), (loss, metrics)
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (grads, model_state), (losses, metrics) = jax.lax.scan(
+      body, (zeros, model_state), (jnp.arange(steps), micro))
+  grads = jax.tree.map(lambda g: g / steps, grads)
+  return jnp.mean(losses), jax.tree.map(jnp.mean, metrics), model_state, grads
+
+
+def make_train_step(objective, tx, schedule, mean, std, accum_steps: int = 1):
   """``(state, batch) -> (state, metrics)``: one optimizer step on a uint8 batch."""
   def train_step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
     batch = dict(batch, image=normalize(batch["image"], mean, std))
-    (loss, aux), grads = jax.value_and_grad(objective.loss, has_aux=True)(
-        state["params"], batch, rng)
+    loss, aux, model_state, grads = accumulate_gradients(
+        objective.loss, state["params"], state["model_state"], batch, rng, accum_steps)
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     out = {"loss": loss, "grad_norm": optax.tree.norm(grads),
            "lr": schedule(state["step"]),
            "skipped_images": jnp.sum(~batch["valid"]).astype(jnp.float32), **aux}
-    new_state = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": state["rng"]}
+    new_state = {"params": params, "model_state": model_state, "opt": opt,
+                 "step": state["step"] + 1, "rng": state["rng"]}
     return new_state, out
   return train_step
 
@@ -129,12 +167,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # == Input ===================================================================
   d = config.data
-  source = sources.get_source(d, d.split)
+  source = sources.get_train_source(d)
   total_steps, steps_per_epoch = total_steps_of(config, len(source))
   train_ds = pipeline.make_train_dataset(
       source, global_batch=config.batch_size, num_batches=total_steps,
       image_size=d.image_size, channels=d.channels, seed=config.seed, process_index=pidx,
-      process_count=nproc, num_workers=d.num_workers)
+      process_count=nproc, num_workers=d.num_workers, augment=augment_of(config))
   train_iter = iter(train_ds)
   mean, std = tuple(d.mean), tuple(d.std)
 
@@ -153,15 +191,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   param_shapes = jax.eval_shape(objective.init, init_rng, dummy)
   tx = make_optimizer(config, param_shapes, objective, schedule)
 
-  def init_state(rng):
-    params = objective.init(rng, dummy)
-    return {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
-            "rng": train_rng}
+  def init_state(params):
+    return {"params": params, "model_state": objective.init_model_state(init_rng, dummy),
+            "opt": tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": train_rng}
 
-  state_shapes = jax.eval_shape(init_state, init_rng)
+  state_shapes = jax.eval_shape(init_state, param_shapes)
   state_sharding = jax.tree.map(lambda _: replicated, state_shapes)
 
   # == State & checkpoint ======================================================
+  # checkpoints/: the last ``keep_checkpoints`` steps, state + data iterator, to
+  # resume from. best/: with ``best_metric`` set, the one state (params and
+  # model state) with the best held-out metric so far.
   ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
   manager = ocp.CheckpointManager(
       ckpt_dir,
@@ -169,6 +209,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                            enable_async_checkpointing=True),
       item_handlers={"state": ocp.StandardCheckpointHandler(),
                      "data": grain.checkpoint.CheckpointHandler()})
+  best_metric = config.get("best_metric", "")
+  best_manager = None
+  if best_metric:
+    best_manager = ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "best"),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
+            best_mode=config.get("best_mode", "max"), keep_checkpoints_without_metrics=False),
+        item_handlers={"state": ocp.StandardCheckpointHandler()})
   start = manager.latest_step()  # only finalised checkpoints are listed
   if start is not None:
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
@@ -182,11 +231,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       print(f"Resuming from checkpoint step {start} in {ckpt_dir}", flush=True)
   else:
     start = 0
-    state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
+    params = jax.jit(objective.init)(init_rng, dummy)
+    if config.get("init"):  # fine-tuning: the pretrained backbone, a fresh head
+      log = print if primary else (lambda *_: None)
+      params = objective.init_from(jax.device_get(params), config.init, log=log)
+    params = _replicate(params, replicated)
+    state = jax.jit(init_state, out_shardings=state_sharding)(params)
   start = int(start)
 
   # == Update step =============================================================
-  train_step = make_train_step(objective, tx, schedule, mean, std)
+  train_step = make_train_step(objective, tx, schedule, mean, std,
+                               config.get("grad_accum_steps", 1))
   train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
@@ -198,8 +253,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return objective.visualize(params, small, rng)
 
   # == Evaluation ==============================================================
-  def evaluate(params) -> dict[str, float]:
-    return evaluate_restoration(config, objective, params, to_global, pidx, nproc)
+  eval_fn = make_evaluator(config, objective, to_global, pidx, nproc) \
+      if config.get("eval_examples", 0) else None
+  eval_every = config.get("eval_every", 0)
+
+  def evaluate(step: int) -> dict[str, float]:
+    ev = eval_fn(state["params"], state["model_state"])
+    writer.scalars(step, ev)
+    if primary:
+      print(f"Eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()),
+            flush=True)
+    if best_manager is not None and step not in best_manager.all_steps():
+      # (A resumed run may repeat an evaluation whose result is already saved.)
+      best_manager.save(step, metrics=ev, args=ocp.args.Composite(state=ocp.args.StandardSave(
+          {"params": state["params"], "model_state": state["model_state"],
+           "step": state["step"]})))
+    return ev
 
   # == Loop ====================================================================
   writer = metrics_lib.MetricWriter(workdir, enabled=primary)
@@ -236,11 +305,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         console.line(step, epoch, _console_fields(last), img_s)
         pending, t_log = [], time.time()
 
-      if step % config.image_every == 0 or step == total_steps:
+      if hasattr(objective, "visualize") and (step % config.image_every == 0
+                                              or step == total_steps):
         grids = jax.device_get(visualize(state["params"], batch, jax.random.fold_in(vis_rng, step)))
         path = writer.image(step, "restoration", metrics_lib.image_grid(grids, mean, std))
         if path and step == total_steps:
           print(f"Restoration grid (corrupted | steps | original): {path}", flush=True)
+
+      if eval_fn is not None and eval_every and step % eval_every == 0 and step != total_steps:
+        last.update(evaluate(step))
 
       if nproc > 1 and manager.reached_preemption(step):
         stop["signal"] = signal.SIGTERM
@@ -253,17 +326,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
               flush=True)
         return state, last
     manager.wait_until_finished()
-    if config.get("eval_examples", 0) and total_steps > start:
-      ev = evaluate(state["params"])
-      writer.scalars(total_steps, ev)
-      last.update(ev)
-      if primary:
-        print("Eval: " + ", ".join(f"{k} {v:.3f}" for k, v in ev.items()), flush=True)
+    if eval_fn is not None and total_steps > start:
+      last.update(evaluate(total_steps))
+      if best_manager is not None and primary:
+        best_manager.wait_until_finished()
+        print(f"Best {best_metric}: step {best_manager.best_step()} in "
+              f"{os.path.join(os.path.abspath(workdir), 'best')}", flush=True)
   finally:
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
     manager.wait_until_finished()
     manager.close()
+    if best_manager is not None:
+      best_manager.wait_until_finished()
+      best_manager.close()
     writer.close()
     console.close()
   if primary:
@@ -286,7 +362,7 @@ def _check_finite(pending: list[dict], step: int) -> list[dict]:
 
 def _console_fields(values: dict[str, float]) -> dict[str, float]:
   keys = ["loss"] + sorted(k for k in values if k.startswith("step_error")) + [
-      "corrupted_error", "alpha", "grad_norm", "lr"]
+      "corrupted_error", "alpha", "accuracy", "grad_norm", "lr"]
   out = {k: values[k] for k in keys if k in values}
   if values.get("skipped_images"):
     out["skipped_images"] = values["skipped_images"]
@@ -294,39 +370,45 @@ def _console_fields(values: dict[str, float]) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------
-# Held-out restoration quality.
+# Held-out evaluation.
 # ----------------------------------------------------------------------------
-def evaluate_restoration(config, objective, params, to_global, pidx, nproc) -> dict[str, float]:
-  """PSNR (pixel space, [0, 1]) of the corrupted and of each restored image vs
-  the clean one, over ``eval_examples`` images of ``data.eval_split``."""
+def make_evaluator(config, objective, to_global, pidx, nproc):
+  """``(params, model_state) -> metrics`` over the first ``eval_examples`` images
+  (all of them if < 0) of ``data.eval_split``: the short side resized to
+  ``data.eval_resize`` (default: image_size), then the central crop."""
   d = config.data
   source = sources.get_source(d, d.eval_split)
+  n = config.eval_examples if config.eval_examples > 0 else None
   ds = pipeline.make_eval_dataset(
       source, batch_size=config.eval_batch_size // nproc, image_size=d.image_size,
-      channels=d.channels, resize_to=d.image_size, process_index=pidx, process_count=nproc,
-      num_examples=config.eval_examples)
-  mean, std = jnp.asarray(d.mean), jnp.asarray(d.std)
+      channels=d.channels, resize_to=d.get("eval_resize") or d.image_size, process_index=pidx,
+      process_count=nproc, num_examples=n, num_workers=d.num_workers)
 
   @jax.jit
-  def sq_errors(params, batch, rng):
-    stages = objective.visualize(params, dict(batch, image=normalize(batch["image"], d.mean, d.std)), rng)
-    clean = batch["image"].astype(jnp.float32) / 255.0
-    w = batch["valid"].astype(jnp.float32)
-    out = {}
-    for name, x in stages.items():
-      if name == "original":
-        continue
-      pix = jnp.clip(x * std + mean, 0.0, 1.0)
-      out[name] = jnp.sum(w * jnp.mean((pix - clean) ** 2, axis=(1, 2, 3)))
-    out["count"] = jnp.sum(w)
-    return out
+  def sums(params, model_state, batch, rng):
+    batch = dict(batch, image=normalize(batch["image"], d.mean, d.std))
+    return objective.eval_sums(params, model_state, batch, rng)
 
-  totals: dict[str, float] = {}
-  rng = jax.random.PRNGKey(config.seed + 1)
-  for i, local in enumerate(ds):
-    s = jax.device_get(sq_errors(params, to_global(local), jax.random.fold_in(rng, i)))
-    for k, v in s.items():
-      totals[k] = totals.get(k, 0.0) + float(v)
-  n = max(totals.pop("count", 0.0), 1.0)
-  return {f"eval/psnr_{k}": float(10 * np.log10(1.0 / max(v / n, 1e-12)))
-          for k, v in totals.items()}
+  def evaluate(params, model_state) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    rng = jax.random.PRNGKey(config.seed + 1)
+    for i, local in enumerate(ds):
+      s = jax.device_get(sums(params, model_state, to_global(local), jax.random.fold_in(rng, i)))
+      for k, v in s.items():
+        totals[k] = totals.get(k, 0.0) + float(v)
+    return objective.eval_summary(totals)
+  return evaluate
+
+
+def augment_of(config) -> pipeline.Augment:
+  a = config.get("augment", None)
+  if a is None:
+    return pipeline.Augment()
+  randaug = (a.randaug_ops, a.randaug_magnitude, a.randaug_std) if a.randaug_ops else None
+  return pipeline.Augment(crop_scale=tuple(a.crop_scale), flip=a.flip, randaug=randaug)
+
+
+def _replicate(tree, sharding):
+  """Host arrays, identical on every process -> global arrays replicated on the mesh."""
+  return jax.tree.map(lambda x: jax.make_array_from_callback(
+      np.shape(x), sharding, lambda idx: np.asarray(x)[idx]), tree)

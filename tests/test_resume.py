@@ -18,7 +18,7 @@ OVERRIDES = (f"--config.total_steps={STEPS}", "--config.checkpoint_every=4",
 
 def _last_record(workdir, step):
   records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  return [r for r in records if r["step"] == step][-1]
+  return [r for r in records if r["step"] == step and "loss" in r][-1]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,8 @@ def reference(tmp_path_factory):
   return wd
 
 
-def _start_and_interrupt(wd, sig, after_step):
-  proc = subprocess.Popen(main_cmd("configs/tiny.py", wd, *OVERRIDES), cwd=ROOT, env=cli_env(),
+def _start_and_interrupt(wd, sig, after_step, command=("configs/tiny.py", *OVERRIDES)):
+  proc = subprocess.Popen(main_cmd(command[0], wd, *command[1:]), cwd=ROOT, env=cli_env(),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   target = os.path.join(wd, "checkpoints", str(after_step))
   deadline = time.time() + 240
@@ -75,3 +75,29 @@ def test_sigterm_saves_and_rerun_equals_uninterrupted(tmp_path, reference):
   proc = run_main("configs/tiny.py", wd, *OVERRIDES)
   assert f"Resuming from checkpoint step {saved}" in proc.stdout
   _assert_same_end(wd, reference)
+
+
+def test_killed_fine_tuning_resumes_exactly(tmp_path):
+  """The same guarantee for a fine-tuning run (RandAug, mixup/cutmix, drop path,
+  periodic evaluation and best/ checkpoints)."""
+  pre = str(tmp_path / "pre")
+  run_main("configs/tiny.py", pre, "--config.total_steps=2", "--config.eval_examples=0")
+  overrides = ("--config.total_steps=60", "--config.checkpoint_every=4", "--config.eval_every=20",
+               f"--config.init={pre}")
+  ref, wd = str(tmp_path / "ref"), str(tmp_path / "killed")
+  run_main("configs/tiny_finetune.py", ref, *overrides)
+  code, _, _ = _start_and_interrupt(wd, signal.SIGKILL, after_step=8,
+                                    command=("configs/tiny_finetune.py", *overrides))
+  assert code == -signal.SIGKILL
+  killed_at, _ = latest_params(wd)
+  assert killed_at < 60
+  proc = run_main("configs/tiny_finetune.py", wd, *overrides)
+  assert f"Resuming from checkpoint step {killed_at}" in proc.stdout
+  assert "Initialised the backbone" not in proc.stdout  # resumed, not re-initialised
+  assert_trees_close(latest_params(wd)[1], latest_params(ref)[1], rtol=1e-6, atol=1e-7)
+  for k in ("loss", "accuracy", "grad_norm"):
+    assert _last_record(wd, 60)[k] == pytest.approx(_last_record(ref, 60)[k], rel=1e-6), k
+  evals = lambda w: [r["eval/top1"] for r in map(json.loads, open(os.path.join(w, "metrics.jsonl")))
+                     if "eval/top1" in r]
+  assert evals(wd)[-1] == evals(ref)[-1]
+  assert sorted(os.listdir(os.path.join(wd, "best"))) == sorted(os.listdir(os.path.join(ref, "best")))

@@ -78,7 +78,7 @@ def test_eight_devices_equal_one_device(tmp_path):
 def test_cli_run_writes_checkpoint_metrics_tensorboard_and_grids(tmp_path):
   wd = str(tmp_path / "run")
   proc = run_main("configs/tiny.py", wd, num_devices=2)
-  assert "Done: step 4" in proc.stdout and "Eval: eval/psnr_corrupted" in proc.stdout
+  assert "Done: step 4" in proc.stdout and "Eval at step 4: eval/psnr_corrupted" in proc.stdout
   records = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
   assert [r["step"] for r in records] == [2, 4, 4]  # two log lines, then the eval
   for key in ("loss", "step_error_1", "step_error_2", "alpha", "grad_norm", "img_per_s",

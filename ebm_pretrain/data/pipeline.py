@@ -18,6 +18,8 @@ import grain
 import numpy as np
 from PIL import Image
 
+from ebm_pretrain.data import randaug
+
 # MAE's RandomResizedCrop: area scale (0.2, 1.0), aspect ratio (3/4, 4/3).
 CROP_SCALE = (0.2, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -51,12 +53,14 @@ def _resize(arr: np.ndarray, size: tuple[int, int], box=None) -> np.ndarray:
   return out[..., None] if squeeze else out
 
 
-def random_resized_crop(arr: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-  """torchvision's RandomResizedCrop with MAE's scale, then resized to size x size."""
+def random_resized_crop(arr: np.ndarray, size: int, rng: np.random.Generator,
+                        scale: tuple[float, float] = CROP_SCALE) -> np.ndarray:
+  """torchvision's RandomResizedCrop (area ``scale``; MAE pretrains with (0.2, 1),
+  fine-tunes with (0.08, 1)), then resized to size x size."""
   h, w = arr.shape[:2]
   area = h * w
   for _ in range(10):
-    target = area * rng.uniform(*CROP_SCALE)
+    target = area * rng.uniform(*scale)
     ratio = math.exp(rng.uniform(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])))
     cw = int(round(math.sqrt(target * ratio)))
     ch = int(round(math.sqrt(target / ratio)))
@@ -86,17 +90,31 @@ def center_crop(arr: np.ndarray, size: int, resize_to: int) -> np.ndarray:
   return arr[top:top + size, left:left + size]
 
 
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """Training augmentation: RandomResizedCrop(crop_scale) + horizontal flip, then
+  RandAugment when ``randaug`` = (num_ops, magnitude, magnitude_std)."""
+  crop_scale: tuple[float, float] = CROP_SCALE
+  flip: bool = True
+  randaug: tuple[int, float, float] | None = None
+
+
 def decode_augment(element: dict, *, image_size: int, channels: int, train: bool,
-                   rng: np.random.Generator, resize_to: int | None = None) -> dict:
+                   rng: np.random.Generator, resize_to: int | None = None,
+                   augment: Augment = Augment()) -> dict:
   label = np.int32(element.get("label", -1))
   try:
     arr = decode_image(element["image"], channels)
     if arr.shape[0] < 1 or arr.shape[1] < 1:
       raise ValueError(f"empty image {arr.shape}")
     if train:
-      arr = random_resized_crop(arr, image_size, rng)
-      if rng.uniform() < 0.5:
+      arr = random_resized_crop(arr, image_size, rng, tuple(augment.crop_scale))
+      if augment.flip and rng.uniform() < 0.5:
         arr = arr[:, ::-1]
+      if augment.randaug:
+        n, m, mstd = augment.randaug
+        arr = randaug.rand_augment(np.ascontiguousarray(arr), rng, num_ops=int(n), magnitude=m,
+                                   magnitude_std=mstd)
     else:
       arr = center_crop(arr, image_size, resize_to or image_size)
     valid = True
@@ -126,18 +144,21 @@ class _ProcessShard(grain.transforms.Map):
   seed: int
   image_size: int
   channels: int
+  augment: Augment
 
   def map(self, i: int) -> dict:
     b = self.global_batch // self.process_count
     slot = (i // b) * self.global_batch + self.process_index * b + i % b
     element = self.source[int(self.order[slot])]
     return decode_augment(element, image_size=self.image_size, channels=self.channels,
-                          train=True, rng=np.random.default_rng([self.seed, slot]))
+                          train=True, rng=np.random.default_rng([self.seed, slot]),
+                          augment=self.augment)
 
 
 def make_train_dataset(source: Sequence[dict], *, global_batch: int, num_batches: int,
                        image_size: int, channels: int, seed: int, process_index: int = 0,
-                       process_count: int = 1, num_workers: int = 0) -> grain.IterDataset:
+                       process_count: int = 1, num_workers: int = 0,
+                       augment: Augment = Augment()) -> grain.IterDataset:
   """``num_batches`` process-local training batches of ``global_batch // process_count``."""
   if global_batch % process_count:
     raise ValueError(f"batch_size {global_batch} is not divisible by the number of "
@@ -149,7 +170,8 @@ def make_train_dataset(source: Sequence[dict], *, global_batch: int, num_batches
   order = grain.MapDataset.range(n).seed(seed).shuffle().repeat(epochs)
   local_batch = global_batch // process_count
   ds = grain.MapDataset.range(num_batches * local_batch).map(_ProcessShard(
-      source, order, global_batch, process_index, process_count, seed, image_size, channels))
+      source, order, global_batch, process_index, process_count, seed, image_size, channels,
+      augment))
   it = ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
   if num_workers > 0:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))

@@ -163,8 +163,36 @@ class SyntheticSource:
 
 
 # ----------------------------------------------------------------------------
+# A fixed random subset (semi-supervised fine-tuning: 1% / 10% of the labels).
+# ----------------------------------------------------------------------------
+class Subset:
+  """The first ``round(fraction * len(source))`` examples of a seeded permutation
+  of ``source``: the same subset for the same (source, fraction, seed)."""
+
+  def __init__(self, source: Sequence[dict], fraction: float, seed: int = 0):
+    if not 0 < fraction <= 1:
+      raise ValueError(f"data.train_fraction must be in (0, 1], got {fraction}")
+    n = max(1, int(round(fraction * len(source))))
+    self.source = source
+    self.indices = np.sort(np.random.default_rng(seed).permutation(len(source))[:n])
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    return self.source[int(self.indices[i])]
+
+
+# ----------------------------------------------------------------------------
 # From a config.
 # ----------------------------------------------------------------------------
+def get_train_source(data_cfg) -> Sequence[dict]:
+  """The training split, cut to ``data.train_fraction`` of its examples."""
+  source = get_source(data_cfg, data_cfg.split)
+  fraction = data_cfg.get("train_fraction", 1.0)
+  return source if fraction == 1.0 else Subset(source, fraction, data_cfg.get("subset_seed", 0))
+
+
 def get_source(data_cfg, split: str) -> Sequence[dict]:
   kind = data_cfg.source
   if kind == "tfds":

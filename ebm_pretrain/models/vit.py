@@ -53,6 +53,23 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.,
   return jnp.asarray(pe, dtype)[None]
 
 
+POSEMBS = ("learn", "sincos2d", "sincos2d_learn")
+
+
+def layer_id(path: str, variant: str) -> tuple[int, int]:
+  """(layer index, number of layers) of a ViT parameter, for layer-wise lr decay
+  (BEiT / MAE ``param_groups_lrd``): the patch embedding, cls token and position
+  embedding are layer 0, block i is layer i + 1, and everything after the blocks
+  (``encoder_norm``, heads) is layer depth + 1."""
+  depth = decode_variant(variant)["depth"]
+  m = re.search(r"encoderblock_(\d+)/", path)
+  if m:
+    return int(m.group(1)) + 1, depth + 1
+  if re.search(r"(^|/)(embedding|cls|pos_embedding)(/|$)", path):
+    return 0, depth + 1
+  return depth + 1, depth + 1
+
+
 class DropPath(nn.Module):
   """Stochastic depth: drops the residual branch per example."""
   rate: float = 0.0
@@ -142,7 +159,9 @@ class ViT(nn.Module):
 
   pool: "tok" (the cls token) or "gap" (mean over the patch tokens), both after
     the final ``encoder_norm``, as in big_vision.
-  posemb: "learn" (learnable, init N(0, 0.02)) or "sincos2d" (fixed).
+  posemb: "learn" (learnable, init N(0, 0.02)), "sincos2d" (fixed), or
+    "sincos2d_learn" (learnable, initialised to the sin-cos values: how
+    fine-tuning makes fixed embeddings trainable, paper appendix A.2).
   """
   variant: str = "S/16"
   pool: str = "tok"
@@ -170,7 +189,11 @@ class ViT(nn.Module):
     if self.posemb == "learn":
       return self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
                         (1, gh * gw, width), self.param_dtype)
-    raise ValueError(f"unknown posemb {self.posemb!r}; valid: 'learn', 'sincos2d'")
+    if self.posemb == "sincos2d_learn":
+      return self.param("pos_embedding",
+                        lambda _, shape, dtype: posemb_sincos_2d(gh, gw, width, dtype=dtype),
+                        (1, gh * gw, width), self.param_dtype)
+    raise ValueError(f"unknown posemb {self.posemb!r}; valid: {', '.join(POSEMBS)}")
 
   @nn.compact
   def __call__(self, images, *, train: bool = False):

@@ -1,0 +1,19 @@
+"""Fine-tune a pretrained ViT-S/16 on ImageNet-1k: the paper's recipe (Table A), 200 epochs (Table 3).
+
+  python -m ebm_pretrain.main --config=configs/finetune_vit_s.py \
+      --config.init=PRETRAIN_WORKDIR --config.data.data_dir=DIR --workdir=FINETUNE_WORKDIR
+
+PRETRAIN_WORKDIR is a run of configs/vit_s.py (or one step folder of its
+checkpoints). Without --config.init the same recipe trains from scratch. Batch
+1024 (lr 4e-3); on fewer accelerators keep it with --config.grad_accum_steps=K.
+Reports eval/top1 on the validation split (224 center crop of the image
+resized to 256) every eval_every steps and at the end; best/ keeps the best.
+Expected (paper Table 3, 200-epoch pretraining with task=mixed): see README.
+
+  configs/finetune_vit_s.py:pool=tok   the cls-token head instead of global pooling.
+"""
+from ebm_pretrain import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.vit_imagenet_downstream(arg, variant="S/16", epochs=200)

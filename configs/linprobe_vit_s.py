@@ -1,0 +1,13 @@
+"""Linear probing of a pretrained ViT-S/16 on ImageNet-1k (MAE's recipe): frozen
+backbone, BatchNorm without affine + linear head, LARS, batch 16384, 90 epochs.
+
+  python -m ebm_pretrain.main --config=configs/linprobe_vit_s.py \
+      --config.init=PRETRAIN_WORKDIR --config.data.data_dir=DIR --workdir=LINPROBE_WORKDIR
+
+Use --config.grad_accum_steps=K to reach batch 16384 on small hosts.
+"""
+from ebm_pretrain import config_lib
+
+
+def get_config(arg=None):
+  return config_lib.vit_imagenet_downstream(arg, variant="S/16", epochs=90, linprobe=True)

@@ -1,0 +1,36 @@
+"""Tiny fine-tuning: the configs/tiny.py ViT on its synthetic 16px images, whose
+label is the quadrant of a disc (4 classes). For tests and smoke runs (seconds).
+
+  python -m ebm_pretrain.main --config=configs/tiny.py --workdir=/tmp/tiny
+  python -m ebm_pretrain.main --config=configs/tiny_finetune.py \
+      --config.init=/tmp/tiny --workdir=/tmp/tiny_ft
+
+Expected: 4 steps of the full recipe (layer decay, drop path, RandAug, mixup,
+cutmix, label smoothing), an eval/top1 line, checkpoints/ and best/.
+  configs/tiny_finetune.py:linprobe=True   the linear-probing recipe instead.
+"""
+from ebm_pretrain import config_lib
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, init="", steps=4, linprobe=False)
+  c = config_lib.linprobe_defaults() if a.linprobe else config_lib.finetune_defaults()
+  c.init = a.init
+  c.num_classes = 4
+  c.model.variant = "mu/4"
+  c.dtype = "float32"
+  c.data.source = "synthetic"
+  c.data.num_examples = 64
+  c.data.image_size = 16
+  c.data.eval_resize = 0
+  c.data.num_workers = 0
+  c.batch_size = 8
+  c.total_steps = a.steps
+  c.optim.lr_base_batch = 8
+  c.optim.warmup_steps = 1
+  c.log_every = 2
+  c.checkpoint_every = 2
+  c.eval_examples = 16
+  c.eval_batch_size = 8
+  c.eval_every = 2
+  return c

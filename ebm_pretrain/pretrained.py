@@ -1,0 +1,108 @@
+"""Use a trained model from Python: ``load(path)`` -> features, energies, restorations.
+
+  from ebm_pretrain import pretrained
+  model = pretrained.load("workdirs/demo")          # a workdir, or checkpoints/N, or best/
+  feats = model.features(images)                     # [B, D]
+  e = model.energy(images)                           # [B]   (energy checkpoints)
+  chain = model.restore(corrupted, num_steps=2)      # [N, B, H, W, C] in [0, 1]
+  model.config                                       # the config it was trained with
+
+``images`` are [B, H, W, C] arrays: uint8 in [0, 255], or float in [0, 1]. The
+training normalisation (``config.data.mean/std``) is applied here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from ebm_pretrain import checkpoints, energy, objectives
+
+
+@dataclasses.dataclass
+class Pretrained:
+  config: ml_collections.ConfigDict
+  params: dict
+  step: int
+  path: str
+  model_state: Any = dataclasses.field(default_factory=dict)  # BatchNorm statistics
+
+  def __post_init__(self):
+    self.objective = objectives.get_objective(self.config)
+    d = self.config.data
+    self._mean = jnp.asarray(d.mean, jnp.float32)
+    self._std = jnp.asarray(d.std, jnp.float32)
+    if self.config.objective == "energy":
+      self._backbone_params = self.params["model"]["backbone"]
+      self._backbone = self.objective.model.backbone
+    else:
+      self._backbone_params = self.params["backbone"]
+      self._backbone = self.objective.backbone
+    self._features = jax.jit(lambda p, x: self._backbone.apply({"params": p}, x))
+
+  # -- inputs ------------------------------------------------------------------
+  def _normalize(self, images) -> jax.Array:
+    x = np.asarray(images) if not isinstance(images, jax.Array) else images
+    c = self.config.data.channels
+    if x.ndim != 4 or x.shape[-1] != c:
+      raise ValueError(f"images must be [B, H, W, {c}] (the model was trained on {c}-channel "
+                       f"data), got shape {tuple(x.shape)}")
+    if x.dtype == np.uint8:
+      x = jnp.asarray(x, jnp.float32) / 255.0
+    elif jnp.issubdtype(x.dtype, jnp.floating):
+      x = jnp.asarray(x, jnp.float32)
+    else:
+      raise ValueError(f"images must be uint8 in [0, 255] or float in [0, 1], got {x.dtype}")
+    return (x - self._mean) / self._std
+
+  def _to_pixels(self, x) -> jax.Array:
+    return jnp.clip(x * self._std + self._mean, 0.0, 1.0)
+
+  # -- outputs -----------------------------------------------------------------
+  def features(self, images) -> jax.Array:
+    """Backbone features [B, D] (the input of the energy or classifier head)."""
+    return self._features(self._backbone_params, self._normalize(images))
+
+  def _energy_objective(self, what: str):
+    if self.config.objective != "energy":
+      raise ValueError(f"{what} needs an energy (pretraining) checkpoint; {self.path} holds "
+                       f"a {self.config.objective!r} model")
+    return self.objective
+
+  def energy(self, images) -> jax.Array:
+    """Scalar energies E(x) [B]."""
+    obj = self._energy_objective("energy()")
+    return jax.jit(obj.energy_fn)(self.params["model"], self._normalize(images))
+
+  def restore(self, corrupted_images, num_steps: int | None = None) -> jax.Array:
+    """The N-step restoration chain x^1..x^N of corrupted images, [N, B, H, W, C],
+    in [0, 1] pixel space. ``num_steps`` defaults to the training N."""
+    obj = self._energy_objective("restore()")
+    n = int(num_steps or self.config.inner_steps)
+    if n < 1:
+      raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    chain = energy.restore(obj.energy_fn, self.params["model"], self._normalize(corrupted_images),
+                           obj.alpha(self.params), n, unroll=self.config.unroll)
+    return self._to_pixels(chain)
+
+  def logits(self, images) -> jax.Array:
+    """Class logits [B, num_classes] (fine-tuned / linear-probe checkpoints)."""
+    if self.config.objective != "supervised":
+      raise ValueError(f"logits() needs a classifier checkpoint; {self.path} holds an "
+                       f"{self.config.objective!r} model")
+    logits, _ = self.objective.logits(self.params, self.model_state, self._normalize(images))
+    return logits
+
+
+def load(path: str) -> Pretrained:
+  """A trained model from a workdir (its newest checkpoint), a ``checkpoints`` or
+  ``best`` folder, or one step folder. Raises CheckpointError if there is none."""
+  found = checkpoints.find(path)
+  config = checkpoints.read_config(found)
+  state = checkpoints.restore_state(found, ("params", "model_state"))
+  return Pretrained(config=config, params=state["params"], step=found.step, path=path,
+                    model_state=state.get("model_state") or {})

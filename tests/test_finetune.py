@@ -1,0 +1,290 @@
+"""Downstream use of a checkpoint: fine-tuning (layer decay, mixup/cutmix, label
+smoothing, gradient accumulation), loading (head swap, position-embedding
+interpolation, mismatch errors), linear probing, kNN and the Python API."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ebm_pretrain import checkpoints, config_lib, knn, mixing, objectives, pretrained, train
+from ebm_pretrain.data import randaug
+from helpers import assert_trees_close, latest_params, load_config, run_main
+
+DUMMY = jnp.zeros((1, 16, 16, 3))
+
+
+@pytest.fixture(scope="module")
+def tiny_pretrain(tmp_path_factory):
+  """A 2-step configs/tiny.py pretraining run (ViT-mu/4, cls pooling)."""
+  wd = str(tmp_path_factory.mktemp("tiny_pretrain"))
+  run_main("configs/tiny.py", wd, "--config.total_steps=2", "--config.eval_examples=0")
+  return wd
+
+
+# -- Layer-wise lr decay --------------------------------------------------------
+def test_layer_decay_multiplier_of_each_block():
+  c = load_config("tiny_finetune")  # ViT-mu: 2 blocks -> layers 0 (embeddings) .. 3 (head)
+  obj = objectives.SupervisedObjective(c)
+  params = obj.init(jax.random.PRNGKey(0), DUMMY)
+  flat = {objectives.path_str(p): f for p, f in
+          jax.tree_util.tree_leaves_with_path(obj.lr_multipliers(params))}
+  d = c.layer_decay
+  assert flat["backbone/embedding/kernel"] == pytest.approx(d ** 3)
+  assert flat["backbone/pos_embedding"] == pytest.approx(d ** 3)
+  assert flat["backbone/Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel"] == pytest.approx(d ** 2)
+  assert flat["backbone/Transformer/encoderblock_1/LayerNorm_0/scale"] == pytest.approx(d)
+  assert flat["backbone/Transformer/encoder_norm/scale"] == 1.0
+  assert flat["head/dense/kernel"] == 1.0
+
+
+def test_layer_decay_scales_each_update_by_its_multiplier():
+  c = load_config("tiny_finetune")
+  flat_c = c.copy_and_resolve_references()
+  flat_c.layer_decay = 1.0
+  obj, flat_obj = objectives.SupervisedObjective(c), objectives.SupervisedObjective(flat_c)
+  params = obj.init(jax.random.PRNGKey(0), DUMMY)
+  grads = jax.tree.map(lambda p: jnp.ones_like(p) * 0.1, params)
+  schedule = lambda step: 1e-2
+
+  def update(objective, config):
+    tx = train.make_optimizer(config, params, objective, schedule)
+    return tx.update(grads, tx.init(params), params)[0]
+  decayed, plain = update(obj, c), update(flat_obj, flat_c)
+  factors = obj.lr_multipliers(params)
+  for (path, u), v, f in zip(jax.tree_util.tree_leaves_with_path(decayed),
+                             jax.tree.leaves(plain), jax.tree.leaves(factors)):
+    np.testing.assert_allclose(u, f * v, rtol=1e-6, err_msg=objectives.path_str(path))
+
+
+# -- Mixup, CutMix, label smoothing ---------------------------------------------
+def test_label_smoothing():
+  t = mixing.smooth_labels(jnp.array([3, 0]), 10, 0.1)
+  np.testing.assert_allclose(t[0, 3], 0.91, rtol=1e-6)
+  np.testing.assert_allclose(np.delete(np.asarray(t[0]), 3), 0.01, rtol=1e-6)
+  np.testing.assert_allclose(t.sum(-1), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mixup_alpha,cutmix_alpha", [(0.8, 0.0), (0.0, 1.0), (0.8, 1.0)])
+def test_mixed_targets_sum_to_one_and_match_the_images(mixup_alpha, cutmix_alpha):
+  x = jax.random.uniform(jax.random.PRNGKey(0), (6, 12, 12, 3))
+  labels = jnp.array([0, 1, 2, 3, 4, 5])
+  for seed in range(8):
+    mixed, targets, lam = mixing.mixup_cutmix(
+        jax.random.PRNGKey(seed), x, labels, num_classes=6, mixup_alpha=mixup_alpha,
+        cutmix_alpha=cutmix_alpha, smoothing=0.1)
+    np.testing.assert_allclose(targets.sum(-1), 1.0, rtol=1e-5)
+    # Each row's target is lam on its own class and 1 - lam on the flipped one.
+    smooth = mixing.smooth_labels(labels, 6, 0.1)
+    np.testing.assert_allclose(targets, lam * smooth + (1 - lam) * smooth[::-1], atol=1e-6)
+    # The image is made of the same proportions: lam of the original.
+    w = (mixed - x[::-1]) / (x - x[::-1])  # per-pixel weight of the original
+    np.testing.assert_allclose(float(jnp.mean(w)), float(lam), atol=1e-4)
+    if mixup_alpha == 0.0:  # cutmix: every pixel is wholly one image or the other
+      assert np.all((np.abs(w - 1) < 1e-4) | (np.abs(w) < 1e-4))
+
+
+# -- RandAugment --------------------------------------------------------------
+@pytest.mark.parametrize("channels", [1, 3])
+def test_randaugment_keeps_shape_and_is_seeded(channels):
+  img = np.random.default_rng(0).integers(0, 256, (20, 20, channels), dtype=np.uint8)
+  outs = [randaug.rand_augment(img, np.random.default_rng(s), num_ops=2, magnitude=9)
+          for s in range(10)]
+  assert all(o.shape == img.shape and o.dtype == np.uint8 for o in outs)
+  again = randaug.rand_augment(img, np.random.default_rng(3), num_ops=2, magnitude=9)
+  np.testing.assert_array_equal(again, outs[3])
+  assert sum(not np.array_equal(o, img) for o in outs) >= 5
+  for name, op in randaug.OPS.items():  # every op runs on gray and colour images
+    out = op(randaug.Image.fromarray(img[..., 0] if channels == 1 else img), 0.9,
+             np.random.default_rng(0))
+    assert out.size == (20, 20), name
+
+
+# -- Gradient accumulation ------------------------------------------------------
+def test_gradient_accumulation_equals_one_big_batch():
+  c = load_config("tiny_finetune")
+  c.mixup.mixup_alpha = c.mixup.cutmix_alpha = 0.0
+  c.model.drop_path = 0.0
+  obj = objectives.SupervisedObjective(c)
+  params = obj.init(jax.random.PRNGKey(0), DUMMY)
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.normal(size=(8, 16, 16, 3)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 4, 8), jnp.int32),
+           "valid": jnp.ones((8,), bool)}
+  key = jax.random.PRNGKey(1)
+  loss1, m1, _, g1 = train.accumulate_gradients(obj.loss, params, {}, batch, key, 1)
+  loss4, m4, _, g4 = train.accumulate_gradients(obj.loss, params, {}, batch, key, 4)
+  np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
+  assert_trees_close(g4, g1, rtol=1e-4, atol=1e-7)
+
+
+def test_grad_accum_must_split_the_batch_evenly():
+  c = load_config("tiny_finetune")
+  c.grad_accum_steps = 3
+  with pytest.raises(config_lib.ConfigError, match="config.grad_accum_steps"):
+    config_lib.validate(c, num_devices=1)
+
+
+# -- Loading a checkpoint -------------------------------------------------------
+def test_posemb_interpolation_keeps_the_grid():
+  yy, xx = np.mgrid[:4, :4].astype(np.float32)
+  pe = np.stack([yy, xx, yy + 2 * xx], -1).reshape(1, 16, 3)
+  np.testing.assert_array_equal(checkpoints.interpolate_posemb(pe, (4, 4)), pe)
+  out = checkpoints.interpolate_posemb(pe, (8, 8)).reshape(8, 8, 3)
+  # Rows stay rows and columns stay columns: channel 0 varies only down the
+  # grid, channel 1 only across, both increasing, spanning the same range.
+  assert np.all(np.diff(out[..., 0], axis=0) > 0) and np.allclose(np.diff(out[..., 0], axis=1), 0, atol=1e-5)
+  assert np.all(np.diff(out[..., 1], axis=1) > 0) and np.allclose(np.diff(out[..., 1], axis=0), 0, atol=1e-5)
+  np.testing.assert_allclose(out[..., 2], out[..., 0] + 2 * out[..., 1], atol=1e-4)
+  assert out[0, 0, 0] < 0.5 and out[-1, -1, 0] > 2.5
+
+
+def test_fine_tuning_init_takes_the_pretrained_backbone_and_a_fresh_head(tiny_pretrain):
+  _, state = latest_params(tiny_pretrain)
+  pre = state["params"]["model"]["backbone"]
+  c = load_config("tiny_finetune")
+  c.data.image_size = 32  # another resolution: 8x8 patches instead of 4x4
+  obj = objectives.SupervisedObjective(c)
+  fresh = jax.device_get(obj.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  logs = []
+  params = obj.init_from(fresh, tiny_pretrain, log=logs.append)
+  assert params["head"] is fresh["head"] and "energy_head" not in str(jax.tree_util.tree_structure(params))
+  got = dict(params["backbone"])
+  assert got["pos_embedding"].shape == (1, 64, 32)
+  np.testing.assert_allclose(got.pop("pos_embedding"), checkpoints.interpolate_posemb(
+      pre["pos_embedding"], (8, 8)), rtol=1e-6)
+  want = {k: v for k, v in pre.items() if k not in ("pos_embedding", "cls")}  # gap: no cls
+  assert_trees_close(got, want, rtol=0, atol=0)
+  assert "Not used from the checkpoint: cls" in logs
+
+
+def test_mismatched_checkpoint_lists_every_path(tiny_pretrain):
+  c = load_config("tiny_finetune")
+  c.model.variant = "nano/4"
+  with pytest.raises(checkpoints.CheckpointError, match="holds a vit mu/4 backbone; this config builds vit nano/4"):
+    objectives.SupervisedObjective(c).init_from({}, tiny_pretrain)
+  target = {"embedding": {"kernel": np.zeros((4, 4, 3, 64))}, "extra": np.zeros(3),
+            "Transformer": {"encoder_norm": {"scale": np.zeros(64)}}}
+  loaded = {"embedding": {"kernel": np.zeros((4, 4, 3, 32))}, "old": np.zeros(3),
+            "Transformer": {"encoder_norm": {"scale": np.zeros(32)}}}
+  with pytest.raises(checkpoints.CheckpointError) as e:
+    checkpoints.load_backbone(target, loaded)
+  msg = str(e.value)
+  for line in ("embedding/kernel: checkpoint (4, 4, 3, 32), model (4, 4, 3, 64)",
+               "Transformer/encoder_norm/scale: checkpoint (32,), model (64,)",
+               "in the model, not in the checkpoint:\n  extra",
+               "in the checkpoint, not in the model:\n  old"):
+    assert line in msg
+
+
+def test_fixed_sincos_checkpoint_needs_trainable_sincos_to_fine_tune(tmp_path):
+  wd = str(tmp_path / "sincos")
+  run_main("configs/tiny.py", wd, "--config.total_steps=2", "--config.eval_examples=0",
+           "--config.model.posemb=sincos2d")
+  c = load_config("tiny_finetune")
+  obj = objectives.SupervisedObjective(c)
+  with pytest.raises(checkpoints.CheckpointError, match="posemb=sincos2d_learn"):
+    obj.init_from(jax.device_get(obj.init(jax.random.PRNGKey(0), DUMMY)), wd)
+  c.model.posemb = "sincos2d_learn"
+  obj = objectives.SupervisedObjective(c)
+  params = obj.init_from(jax.device_get(obj.init(jax.random.PRNGKey(0), DUMMY)), wd, log=len)
+  from ebm_pretrain.models import posemb_sincos_2d
+  np.testing.assert_allclose(params["backbone"]["pos_embedding"], posemb_sincos_2d(4, 4, 32),
+                             atol=1e-6)
+
+
+def test_no_checkpoint_is_a_clear_error(tmp_path):
+  with pytest.raises(checkpoints.CheckpointError, match="no checkpoint at .*does not exist"):
+    pretrained.load(str(tmp_path / "nothing"))
+  with pytest.raises(checkpoints.CheckpointError, match="no checkpoint at .*expected a workdir"):
+    pretrained.load(str(tmp_path))
+  proc = run_main("configs/tiny_finetune.py", str(tmp_path / "ft"),
+                  f"--config.init={tmp_path}", check=False)
+  assert proc.returncode == 2 and "no checkpoint at" in proc.stderr
+  assert "Traceback" not in proc.stderr
+
+
+# -- End to end through the CLI -----------------------------------------------
+def test_fine_tune_two_steps_end_to_end(tmp_path, tiny_pretrain):
+  wd = str(tmp_path / "ft")
+  proc = run_main("configs/tiny_finetune.py", wd, f"--config.init={tiny_pretrain}",
+                  "--config.total_steps=2", num_devices=2)
+  assert "Initialised the backbone from" in proc.stdout
+  assert "Eval at step 2: eval/top1" in proc.stdout
+  records = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
+  assert any("eval/top1" in r for r in records) and any("accuracy" in r for r in records)
+  assert os.path.isdir(os.path.join(wd, "checkpoints", "2"))
+  assert os.path.isdir(os.path.join(wd, "best", "2"))  # best/ holds the best step
+  model = pretrained.load(os.path.join(wd, "best"))
+  assert model.logits(np.zeros((2, 16, 16, 3), np.uint8)).shape == (2, 4)
+
+
+def test_linear_probe_trains_only_the_head(tmp_path, tiny_pretrain):
+  wd = str(tmp_path / "lin")
+  run_main("configs/tiny_finetune.py:linprobe=True", wd, f"--config.init={tiny_pretrain}",
+           "--config.total_steps=2")
+  _, pre = latest_params(tiny_pretrain)
+  _, post = latest_params(wd)
+  assert_trees_close(post["params"]["backbone"], pre["params"]["model"]["backbone"], rtol=0, atol=0)
+  stats = post["model_state"]["batch_stats"]["norm"]
+  assert np.any(stats["mean"] != 0) and np.any(stats["var"] != 1)  # BatchNorm saw the features
+  assert set(post["params"]["head"]) == {"dense"}  # the BatchNorm has no affine parameters
+
+
+def test_pretrained_api_on_a_demo_checkpoint(tmp_path):
+  wd = str(tmp_path / "demo")
+  run_main("configs/demo.py:steps=2", wd, "--config.eval_examples=0", "--config.batch_size=16")
+  model = pretrained.load(wd)
+  assert model.config.model.variant == "nano/7" and model.step == 2
+  images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+  f = model.features(images)
+  assert f.shape == (3, 128) and np.all(np.isfinite(f))
+  np.testing.assert_allclose(model.features(images / 255.0), f, rtol=1e-5, atol=1e-5)
+  assert model.energy(images).shape == (3,)
+  chain = model.restore(images, num_steps=3)
+  assert chain.shape == (3, 3, 28, 28, 1) and float(chain.min()) >= 0 and float(chain.max()) <= 1
+  with pytest.raises(ValueError, match=r"images must be \[B, H, W, 1\].*got shape \(3, 28, 28\)"):
+    model.features(images[..., 0])
+  with pytest.raises(ValueError, match="logits\\(\\) needs a classifier checkpoint"):
+    model.logits(images)
+
+
+# -- kNN ------------------------------------------------------------------------
+def test_knn_separable_features_are_all_right():
+  rng = np.random.default_rng(0)
+  centres = rng.normal(size=(5, 16)) * 10
+  train_y = rng.integers(0, 5, 500)
+  test_y = rng.integers(0, 5, 200)
+  train_x = centres[train_y] + rng.normal(size=(500, 16))
+  test_x = centres[test_y] + rng.normal(size=(200, 16))
+  pred = knn.knn_predict(train_x, train_y, test_x, num_classes=5, k=20, temperature=0.07, chunk=64)
+  assert np.mean(pred == test_y) == 1.0
+  # and chance on random labels
+  pred = knn.knn_predict(train_x, rng.permutation(train_y), test_x, num_classes=5)
+  assert np.mean(pred == test_y) < 0.5
+
+
+# -- Configs --------------------------------------------------------------------
+def test_finetune_configs_follow_the_paper():
+  for name, variant, epochs in [("finetune_vit_s", "S/16", 200), ("finetune_vit_b", "B/16", 100),
+                                ("finetune_vit_l", "L/16", 50)]:
+    c = load_config(name)
+    config_lib.validate(c, num_devices=8)
+    assert c.model.variant == variant and c.total_epochs == epochs
+    o = c.optim
+    assert (o.name, o.base_lr, o.lr_base_batch, o.b1, o.b2, o.weight_decay) == (
+        "adamw", 1e-3, 256, 0.9, 0.999, 0.05)
+    assert (c.batch_size, c.layer_decay, c.model.drop_path, c.label_smoothing) == (1024, 0.75, 0.1, 0.1)
+    assert (c.mixup.mixup_alpha, c.mixup.cutmix_alpha) == (0.8, 1.0)
+    assert (c.augment.randaug_ops, c.augment.randaug_magnitude, c.augment.randaug_std) == (2, 9.0, 0.5)
+    assert (c.data.image_size, c.data.eval_resize, c.best_metric) == (224, 256, "eval/top1")
+  c = load_config("finetune_vit_b", "init=/runs/pre,pool=tok")
+  assert c.init == "/runs/pre" and c.model.pool == "tok"
+  lp = load_config("linprobe_vit_b")
+  config_lib.validate(lp, num_devices=8)
+  assert lp.freeze_backbone and lp.head_batchnorm and lp.optim.name == "lars"
+  assert lp.mixup.mixup_alpha == lp.mixup.cutmix_alpha == 0 and lp.augment.randaug_ops == 0
+  for name in ("demo_finetune", "tiny_finetune"):
+    config_lib.validate(load_config(name), num_devices=1)
