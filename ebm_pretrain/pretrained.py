@@ -42,7 +42,15 @@ class Pretrained:
     else:
       self._backbone_params = self.params["backbone"]
       self._backbone = self.objective.backbone
+    # Compiled once per input shape (and per num_steps), not per call.
     self._features = jax.jit(lambda p, x: self._backbone.apply({"params": p}, x))
+    if self.config.objective == "energy":
+      obj = self.objective
+      self._energy = jax.jit(obj.energy_fn)
+      self._restore = jax.jit(
+          lambda p, x, n: energy.restore(obj.energy_fn, p["model"], x, obj.alpha(p), n,
+                                         unroll=self.config.unroll),
+          static_argnums=2)
 
   # -- inputs ------------------------------------------------------------------
   def _normalize(self, images) -> jax.Array:
@@ -75,19 +83,17 @@ class Pretrained:
 
   def energy(self, images) -> jax.Array:
     """Scalar energies E(x) [B]."""
-    obj = self._energy_objective("energy()")
-    return jax.jit(obj.energy_fn)(self.params["model"], self._normalize(images))
+    self._energy_objective("energy()")
+    return self._energy(self.params["model"], self._normalize(images))
 
   def restore(self, corrupted_images, num_steps: int | None = None) -> jax.Array:
     """The N-step restoration chain x^1..x^N of corrupted images, [N, B, H, W, C],
     in [0, 1] pixel space. ``num_steps`` defaults to the training N."""
-    obj = self._energy_objective("restore()")
+    self._energy_objective("restore()")
     n = int(num_steps or self.config.inner_steps)
     if n < 1:
       raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    chain = energy.restore(obj.energy_fn, self.params["model"], self._normalize(corrupted_images),
-                           obj.alpha(self.params), n, unroll=self.config.unroll)
-    return self._to_pixels(chain)
+    return self._to_pixels(self._restore(self.params, self._normalize(corrupted_images), n))
 
   def logits(self, images) -> jax.Array:
     """Class logits [B, num_classes] (fine-tuned / linear-probe checkpoints)."""

@@ -245,6 +245,12 @@ def test_pretrained_api_on_a_demo_checkpoint(tmp_path):
   assert model.energy(images).shape == (3,)
   chain = model.restore(images, num_steps=3)
   assert chain.shape == (3, 3, 28, 28, 1) and float(chain.min()) >= 0 and float(chain.max()) <= 1
+  # The same chain as the training code's restore, in pixel space.
+  from ebm_pretrain import energy
+  x = (images / 255.0 - 0.2860) / 0.3530
+  want = energy.restore(model.objective.energy_fn, model.params["model"], jnp.asarray(x, jnp.float32),
+                        model.objective.alpha(model.params), 3)
+  np.testing.assert_allclose(chain, np.clip(want * 0.3530 + 0.2860, 0, 1), atol=1e-5)
   with pytest.raises(ValueError, match=r"images must be \[B, H, W, 1\].*got shape \(3, 28, 28\)"):
     model.features(images[..., 0])
   with pytest.raises(ValueError, match="logits\\(\\) needs a classifier checkpoint"):
