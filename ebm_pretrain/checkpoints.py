@@ -123,7 +123,7 @@ def interpolate_posemb(posemb: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
 
 
 def _flat(tree) -> dict[str, Any]:
-  return {"/".join(str(getattr(k, "key", k)) for k in p): v
+  return {jax.tree_util.keystr(p, simple=True, separator="/"): v
           for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 

@@ -37,11 +37,38 @@ def _model_kwargs(config) -> dict:
 
 def path_str(path) -> str:
   """A pytree key path as 'a/b/c'."""
-  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def _weighted_mean(x, w):
   return jnp.sum(w * x) / jnp.maximum(jnp.sum(w), 1.0)
+
+
+def _pretrained_backbone(config, target: dict, path: str, log) -> dict:
+  """``target`` (fresh backbone params of ``config.model``) replaced by the backbone
+  of the checkpoint at ``path``; a different model is a CheckpointError."""
+  found = checkpoints.find(path)
+  if found.workdir is not None:
+    trained = checkpoints.read_config(found).model
+    m = config.model
+    if (trained.name, trained.variant) != (m.name, m.variant):
+      raise checkpoints.CheckpointError(
+          f"{path} holds a {trained.name} {trained.variant} backbone; this config builds "
+          f"{m.name} {m.variant}. Set --config.model.name={trained.name} "
+          f"--config.model.variant={trained.variant}, or point --config.init at a "
+          f"{m.name} {m.variant} checkpoint.")
+  fresh_ok = checkpoints.FRESH_OK if config.model.get("posemb") == "sincos2d_learn" else ()
+  try:
+    backbone = checkpoints.load_backbone(
+        target, checkpoints.backbone_of(checkpoints.restore_params(found)),
+        fresh_ok=fresh_ok, log=log)
+  except checkpoints.CheckpointError as e:
+    hint = ("\n(a checkpoint pretrained with fixed sin-cos position embeddings has no "
+            "pos_embedding: fine-tune with --config.model.posemb=sincos2d_learn)"
+            if "  pos_embedding" in str(e) or "/pos_embedding" in str(e) else "")
+    raise checkpoints.CheckpointError(f"{path}: {e}{hint}") from None
+  log(f"Initialised the backbone from {found.checkpoints_dir} step {found.step}")
+  return backbone
 
 
 @dataclasses.dataclass
@@ -69,13 +96,11 @@ class EnergyObjective:
     return None
 
   def init_from(self, params, path: str, log=print):
-    params = dict(params)
-    model = dict(params["model"])
-    found = checkpoints.find(path)
-    model["backbone"] = checkpoints.load_backbone(
-        model["backbone"], checkpoints.backbone_of(checkpoints.restore_params(found)), log=log)
-    params["model"] = model
-    return params
+    """``params`` with the backbone of the checkpoint at ``path``; the energy head
+    and alpha stay fresh."""
+    model = dict(params["model"], backbone=_pretrained_backbone(
+        self.config, params["model"]["backbone"], path, log))
+    return dict(params, model=model)
 
   def alpha(self, params):
     return energy.alpha_from_log(params["log_alpha"])
@@ -199,28 +224,9 @@ class SupervisedObjective:
   def init_from(self, params, path: str, log=print):
     """``params`` with the backbone of the checkpoint at ``path`` (an energy
     pretraining or another fine-tuning run); the classifier head stays fresh."""
-    found = checkpoints.find(path)
-    if found.workdir is not None:
-      trained = checkpoints.read_config(found).model
-      m = self.config.model
-      if (trained.name, trained.variant) != (m.name, m.variant):
-        raise checkpoints.CheckpointError(
-            f"{path} holds a {trained.name} {trained.variant} backbone; this config builds "
-            f"{m.name} {m.variant}. Set --config.model.name={trained.name} "
-            f"--config.model.variant={trained.variant}, or point --config.init at a "
-            f"{m.name} {m.variant} checkpoint.")
-    fresh_ok = checkpoints.FRESH_OK if self.config.model.get("posemb") == "sincos2d_learn" else ()
-    try:
-      backbone = checkpoints.load_backbone(
-          params["backbone"], checkpoints.backbone_of(checkpoints.restore_params(found)),
-          fresh_ok=fresh_ok, log=log)
-    except checkpoints.CheckpointError as e:
-      hint = ("\n(a checkpoint pretrained with fixed sin-cos position embeddings has no "
-              "pos_embedding: fine-tune with --config.model.posemb=sincos2d_learn)"
-              if "  pos_embedding" in str(e) or "/pos_embedding" in str(e) else "")
-      raise checkpoints.CheckpointError(f"{path}: {e}{hint}") from None
-    log(f"Initialised the backbone from {found.checkpoints_dir} step {found.step}")
-    return dict(params, backbone=backbone)
+    # (.get: the checkpoint is checked against the config before the params are read.)
+    return dict(params, backbone=_pretrained_backbone(self.config, params.get("backbone"), path,
+                                                      log))
 
   def logits(self, params, model_state, images, train=False, rng=None):
     features = self._features(params, images, train, rng)
@@ -234,12 +240,10 @@ class SupervisedObjective:
   def loss(self, params, model_state, batch, rng):
     c = self.config
     k_mix, k_drop = jax.random.split(rng)
-    mix = c.get("mixup", None)
+    mix = c.mixup.to_dict() if c.get("mixup") else dict(mixup_alpha=0.0, cutmix_alpha=0.0)
     images, targets, _ = mixing.mixup_cutmix(
         k_mix, batch["image"], batch["label"], num_classes=c.num_classes,
-        mixup_alpha=mix.mixup_alpha if mix else 0.0, cutmix_alpha=mix.cutmix_alpha if mix else 0.0,
-        switch_prob=mix.switch_prob if mix else 0.5, prob=mix.prob if mix else 1.0,
-        smoothing=c.get("label_smoothing", 0.0))
+        smoothing=c.get("label_smoothing", 0.0), **mix)
     logits, model_state = self.logits(params, model_state, images, train=True, rng=k_drop)
     w = batch["valid"].astype(jnp.float32)
     ce = -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)

@@ -390,13 +390,12 @@ def make_evaluator(config, objective, to_global, pidx, nproc):
     return objective.eval_sums(params, model_state, batch, rng)
 
   def evaluate(params, model_state) -> dict[str, float]:
-    totals: dict[str, float] = {}
+    totals = None  # summed on device: one host transfer per evaluation
     rng = jax.random.PRNGKey(config.seed + 1)
     for i, local in enumerate(ds):
-      s = jax.device_get(sums(params, model_state, to_global(local), jax.random.fold_in(rng, i)))
-      for k, v in s.items():
-        totals[k] = totals.get(k, 0.0) + float(v)
-    return objective.eval_summary(totals)
+      s = sums(params, model_state, to_global(local), jax.random.fold_in(rng, i))
+      totals = s if totals is None else jax.tree.map(jnp.add, totals, s)
+    return objective.eval_summary({k: float(v) for k, v in jax.device_get(totals).items()})
   return evaluate
 
 
