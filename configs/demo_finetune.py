@@ -1,11 +1,14 @@
 """Demo: fine-tune the configs/demo.py pretraining on 1% or 10% of the Fashion-MNIST
 labels, or train the same ViT-nano/7 from scratch on them (2 CPU cores, minutes).
 
-  python -m ebm_pretrain.main --config=configs/demo_finetune.py:fraction=0.01 \
-      --config.init=workdirs/demo --workdir=workdirs/demo_ft_1pct
+  python -m ebm_pretrain.main --config=configs/demo_finetune.py:fraction=0.01,init=workdirs/demo \
+      --workdir=workdirs/demo_ft_1pct
   python -m ebm_pretrain.main --config=configs/demo_finetune.py:fraction=0.01 \
       --workdir=workdirs/demo_scratch_1pct
 
+The model is the checkpoint's (any family) when init is given as an argument
+(configs/demo_finetune.py:init=workdirs/demo_convnext); from scratch, model=vit
+(ViT-nano/7, the default), convnext or swin (their nano variants at 32px).
 launch/demo_finetune.sh runs all four (1% and 10%, pretrained and scratch) and
 prints the table of test-split top-1 that the README gives.
 
@@ -20,14 +23,14 @@ from ebm_pretrain import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, fraction=0.01, init="", steps=0, epochs=0, full_augment=False)
+  a = config_lib.parse_arg(arg, fraction=0.01, init="", model="vit", steps=0, epochs=0,
+                           full_augment=False)
   c = config_lib.finetune_defaults()
   c.init = a.init
   c.num_classes = 10
-  c.model.variant = "nano/7"  # as configs/demo.py
-  c.model.pool = "gap"
+  c.model, size = config_lib.small_finetune_model(a.init, a.model, config_lib.DEMO_MODELS)
   c.dtype = "float32"
-  config_lib.use_fashion_mnist(c.data)
+  config_lib.use_fashion_mnist(c.data, size)
   c.data.train_fraction = a.fraction
   if not a.full_augment:
     c.mixup.mixup_alpha = c.mixup.cutmix_alpha = 0.0

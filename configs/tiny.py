@@ -2,6 +2,7 @@
 
   python -m ebm_pretrain.main --config=configs/tiny.py --workdir=/tmp/tiny
 
+configs/tiny.py:model=convnext (or swin) picks ConvNeXt-mu (Swin-mu).
 Expected: 4 steps, a checkpoint, metrics.jsonl, TensorBoard events and a
 restoration grid in the workdir; nothing downloaded or read from disk.
 """
@@ -9,17 +10,17 @@ from ebm_pretrain import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, task="mixed", steps=4)
-  c = config_lib.pretrain_defaults()
-  c.model.variant = "mu/4"
+  a = config_lib.parse_arg(arg, task="mixed", steps=4, model="vit")
+  c, size = config_lib.small_pretrain(a.model, config_lib.TINY_MODELS)
   c.dtype = "float32"
-  c.task = a.task
+  config_lib.set_task(c, a.task)
+  c.decoder.update(dict(width=32, depth=1, num_heads=2))  # the ae_* / mae baselines' decoder
   if a.task == "mixed":
     c.task_kwargs.mask = "mask_grid4"
     c.task_kwargs.sr = "sr4"
   c.data.source = "synthetic"
   c.data.num_examples = 64
-  c.data.image_size = 16
+  c.data.image_size = size
   c.data.num_workers = 0
   c.batch_size = 8
   c.total_steps = a.steps

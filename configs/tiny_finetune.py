@@ -8,20 +8,25 @@ label is the quadrant of a disc (4 classes). For tests and smoke runs (seconds).
 Expected: 4 steps of the full recipe (layer decay, drop path, RandAug, mixup,
 cutmix, label smoothing), an eval/top1 line, checkpoints/ and best/.
   configs/tiny_finetune.py:linprobe=True   the linear-probing recipe instead.
+  configs/tiny_finetune.py:init=/tmp/tiny  the checkpoint's backbone (any family).
+  configs/tiny_finetune.py:model=swin      Swin-mu (or convnext) from scratch.
 """
 from ebm_pretrain import config_lib
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, init="", steps=4, linprobe=False)
+  a = config_lib.parse_arg(arg, init="", steps=4, linprobe=False, model="vit")
   c = config_lib.linprobe_defaults() if a.linprobe else config_lib.finetune_defaults()
   c.init = a.init
   c.num_classes = 4
-  c.model.variant = "mu/4"
+  if a.init or a.model != "vit":  # the checkpoint's backbone, or another family's
+    c.model, _ = config_lib.small_finetune_model(a.init, a.model, config_lib.TINY_MODELS)
+  else:  # ViT-mu/4 with the recipe's (or linear probing's) model options
+    c.model.variant = "mu/4"
   c.dtype = "float32"
   c.data.source = "synthetic"
   c.data.num_examples = 64
-  c.data.image_size = 16
+  c.data.image_size = 16  # every family's tiny model at the same size
   c.data.eval_resize = 0
   c.data.num_workers = 0
   c.batch_size = 8

@@ -14,4 +14,4 @@ from ebm_pretrain import config_lib
 
 
 def get_config(arg=None):
-  return config_lib.vit_imagenet_pretrain(arg, variant="L/16", epochs=800, warmup_epochs=40)
+  return config_lib.imagenet_pretrain(arg, "vit", "L/16", epochs=800, warmup_epochs=40)

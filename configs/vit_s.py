@@ -14,4 +14,4 @@ from ebm_pretrain import config_lib
 
 
 def get_config(arg=None):
-  return config_lib.vit_imagenet_pretrain(arg, variant="S/16", epochs=200, warmup_epochs=20)
+  return config_lib.imagenet_pretrain(arg, "vit", "S/16", epochs=200, warmup_epochs=20)

@@ -132,7 +132,8 @@ def _flat(tree) -> dict[str, Any]:
 UNUSED_OK = ("cls",)
 # Parameters the new model may have that the checkpoint lacks, because their
 # fresh initialisation is the meaningful one: fixed sin-cos position embeddings
-# made trainable (posemb="sincos2d_learn", appendix A.2).
+# made trainable (posemb="sincos2d_learn", appendix A.2), or trainable ones from
+# zeros for an encoder pretrained without any (posemb="zeros_learn", AE + sorting).
 FRESH_OK = ("pos_embedding",)
 
 
@@ -174,3 +175,31 @@ def load_backbone(target: dict, loaded: dict, *, fresh_ok: tuple[str, ...] = (),
     log(f"Not used from the checkpoint: {k}")
   treedef = jax.tree_util.tree_structure(target)
   return jax.tree_util.tree_unflatten(treedef, [out[k] for k in want])
+
+
+def pretrained_backbone(config, target: dict, path: str, log=print) -> dict:
+  """``target`` (fresh backbone params of ``config.model``) replaced by the backbone
+  of the checkpoint at ``path``; a different model is a CheckpointError."""
+  found = find(path)
+  if found.workdir is not None:
+    trained = read_config(found).model
+    m = config.model
+    if (trained.name, trained.variant) != (m.name, m.variant):
+      raise CheckpointError(
+          f"{path} holds a {trained.name} {trained.variant} backbone; this config builds "
+          f"{m.name} {m.variant}. Set --config.model.name={trained.name} "
+          f"--config.model.variant={trained.variant}, or point --config.init at a "
+          f"{m.name} {m.variant} checkpoint.")
+  fresh_ok = (FRESH_OK
+              if config.model.get("posemb") in ("sincos2d_learn", "zeros_learn") else ())
+  try:
+    backbone = load_backbone(
+        target, backbone_of(restore_params(found)),
+        fresh_ok=fresh_ok, log=log)
+  except CheckpointError as e:
+    hint = ("\n(a checkpoint pretrained with fixed sin-cos position embeddings has no "
+            "pos_embedding: fine-tune with --config.model.posemb=sincos2d_learn)"
+            if "  pos_embedding" in str(e) or "/pos_embedding" in str(e) else "")
+    raise CheckpointError(f"{path}: {e}{hint}") from None
+  log(f"Initialised the backbone from {found.checkpoints_dir} step {found.step}")
+  return backbone

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import ml_collections
 
-from ebm_pretrain import corruptions, energy, models
+import jax
+import jax.numpy as jnp
+
+from ebm_pretrain import checkpoints, corruptions, energy, models
 
 
 class ConfigError(ValueError):
   """An invalid config; the message names the field."""
+
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def model_kwargs(config) -> dict:
+  """Everything in ``config.model`` besides name/variant, plus the dtypes: the
+  keyword arguments of the backbone factory."""
+  kw = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "variant")}
+  return dict(kw, dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype])
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -49,6 +62,8 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.inner_remat = False         # jax.checkpoint each inner step's input gradient
   c.loss = "smooth_l1"          # Listing 1; "mse" is Eq. 5
   c.alpha = ml_collections.ConfigDict(dict(init=0.1, learnable=True))
+  # The ae_* / mae baselines' light decoder (MAE's ViT-B/L decoder: 512 wide, 8 deep).
+  c.decoder = ml_collections.ConfigDict(dict(width=512, depth=8, num_heads=16))
 
   c.data = ml_collections.ConfigDict(dict(
       source="tfds", name="imagenet2012", data_dir="", split="train", eval_split="validation",
@@ -152,24 +167,143 @@ def vit_imagenet_downstream(arg: str | None, variant: str, epochs: int,
   return c
 
 
-def vit_imagenet_pretrain(arg: str | None, variant: str, epochs: int,
-                          warmup_epochs: int) -> ml_collections.ConfigDict:
-  """The vit_{s,b,l}.py configs: the paper's recipe with task/variant arguments."""
-  a = parse_arg(arg, task="mixed", variant=variant)
+def model_config(name: str, variant: str) -> ml_collections.ConfigDict:
+  """``config.model`` for a backbone family: the ViT options of
+  ``pretrain_defaults``, or name, variant and drop path for the others."""
+  if name == "vit":
+    return ml_collections.ConfigDict(dict(pretrain_defaults().model, variant=variant))
+  return ml_collections.ConfigDict(dict(name=name, variant=variant, drop_path=0.0))
+
+
+def parse_model(spec: str) -> ml_collections.ConfigDict:
+  """``"convnext:T"`` -> the fine-tuning ``config.model`` of that backbone (for
+  training from scratch); ``""`` -> take the backbone of ``config.init``."""
+  if not spec:
+    return ml_collections.ConfigDict(dict(name=FROM_INIT))
+  name, sep, variant = spec.partition(":")
+  if not sep or name not in models.backbone_names():
+    raise ConfigError(f"model {spec!r}: expected NAME:VARIANT with NAME in "
+                      f"{models.backbone_names()}, e.g. 'convnext:T' or 'vit:B/16'")
+  return ml_collections.ConfigDict(models.finetune_model(model_config(name, variant).to_dict()))
+
+
+# ConvNeXt and Swin put a LayerNorm right after their patchify stem. Where the
+# corrupted input is exactly 0 (masked pixels hold the dataset mean) a fresh
+# stem's output is exactly 0 and that LayerNorm's input gradient is 1/sqrt(eps):
+# measured at init, the energy's input gradient reached 8e5 (ConvNeXt) and 4e5
+# (Swin) on a half-zeroed image against 5 for ViT, and the first parameter
+# gradients 2e8. Clipping the gradient norm to 1 keeps those first steps from
+# swamping AdamW's second moments (demo scale, ConvNeXt-nano, 100 steps: loss
+# 0.192 vs 0.213 unclipped, restored PSNR +0.39 dB vs +0.01 dB).
+ENERGY_GRAD_CLIP = {"convnext": 1.0, "swin": 1.0}
+
+
+def pretrain_defaults_for(name: str, variant: str) -> ml_collections.ConfigDict:
+  """``pretrain_defaults`` with the backbone ``name`` / ``variant``."""
   c = pretrain_defaults()
-  c.model.variant = a.variant
-  c.task = a.task
+  c.model = model_config(name, variant)
+  c.optim.grad_clip = ENERGY_GRAD_CLIP.get(name, c.optim.grad_clip)
+  return c
+
+
+def imagenet_pretrain(arg: str | None, name: str, variant: str, epochs: int,
+                      warmup_epochs: int) -> ml_collections.ConfigDict:
+  """The vit_{s,b,l}.py / convnext_t.py / swin_t.py configs: the paper's recipe
+  with task/variant arguments."""
+  a = parse_arg(arg, task="mixed", variant=variant)
+  c = pretrain_defaults_for(name, a.variant)
+  set_task(c, a.task)
   c.total_epochs = epochs
   c.optim.warmup_epochs = warmup_epochs
   return c
 
 
-def use_fashion_mnist(data: ml_collections.ConfigDict) -> None:
-  """The demos' data: Fashion-MNIST from Debian's IDX files, 28px gray, test split
-  for evaluation, no worker processes (the 2 cores are busy with the model)."""
+# The pretext task that corrupts position embeddings instead of pixels, and the
+# baselines (ebm_pretrain/autoencoders.py): ae_<task> and MAE.
+SORTING = "sorting"
+AE_PREFIX = "ae_"
+MAE = "mae"
+
+
+def is_baseline(task: str) -> bool:
+  return task == MAE or task.startswith(AE_PREFIX)
+
+
+def set_task(c: ml_collections.ConfigDict, task: str) -> None:
+  """``c.task = task``; patch sorting also needs the fixed sin-cos position
+  embeddings it shuffles and its MSE loss (Eq. 7); its autoencoder baseline an
+  encoder without position embeddings; MAE its mask ratio."""
+  c.task = task
+  if task in (SORTING, AE_PREFIX + SORTING):
+    c.model.posemb = "sincos2d" if task == SORTING else "none"
+    c.loss = "mse"
+    c.task_kwargs = ml_collections.ConfigDict(dict(keep_ratio=0.5, edge_mask=True))
+  elif task == MAE:
+    c.task_kwargs = ml_collections.ConfigDict(dict(mask_ratio=0.75))
+
+
+# config.model.name when a fine-tuning config takes the checkpoint's backbone.
+FROM_INIT = ""
+
+
+def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` with ``model`` filled in from the ``init`` checkpoint when the
+  config leaves the backbone to it (``model.name == ""``): the checkpoint's
+  architecture, made ready for fine-tuning by its family's ``finetune`` hook
+  (``models.register_backbone``). Entries set in ``config.model`` win."""
+  if config.model.name != FROM_INIT:
+    return config
+  if not config.get("init"):
+    _fail("model.name", "empty, which means 'the backbone of config.init', but config.init "
+          "is empty too: set --config.init=PRETRAINING_WORKDIR, or name a model to train "
+          "from scratch (e.g. --config.model.name=vit --config.model.variant=S/16)")
+  trained = checkpoints.read_config(checkpoints.find(config.init)).model.to_dict()
+  model = models.finetune_model(trained)
+  model.update({k: v for k, v in config.model.to_dict().items() if k != "name"})
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model = ml_collections.ConfigDict(model)
+  return config
+
+
+# The small models of the CPU demos (Fashion-MNIST) and tests (synthetic 16px),
+# per family: variant and image size. ConvNeXt and Swin downsample by powers of
+# two, so their demos resize the 28px images to 32.
+DEMO_MODELS = {"vit": ("nano/7", 28), "convnext": ("nano", 32), "swin": ("nano", 32)}
+TINY_MODELS = {"vit": ("mu/4", 16), "convnext": ("mu", 16), "swin": ("mu", 16)}
+
+
+def small_model(family: str, table: dict) -> tuple[ml_collections.ConfigDict, int]:
+  """(``config.model``, image size) of a demo/test model of ``family``."""
+  if family not in table:
+    raise ConfigError(f"model {family!r}: valid: {', '.join(table)}")
+  variant, size = table[family]
+  return model_config(family, variant), size
+
+
+def small_pretrain(family: str, table: dict) -> tuple[ml_collections.ConfigDict, int]:
+  """(``pretrain_defaults_for`` the family's small model, its image size)."""
+  model, size = small_model(family, table)
+  return pretrain_defaults_for(family, model.variant), size
+
+
+def small_finetune_model(init: str, family: str,
+                         table: dict) -> tuple[ml_collections.ConfigDict, int]:
+  """(``config.model``, image size) of a demo/test fine-tuning: with ``init``, the
+  checkpoint's backbone and image size; else ``family``'s small model, from scratch."""
+  if init:
+    trained = checkpoints.read_config(checkpoints.find(init))
+    return parse_model(""), trained.data.image_size
+  model, size = small_model(family, table)
+  return ml_collections.ConfigDict(models.finetune_model(model.to_dict())), size
+
+
+def use_fashion_mnist(data: ml_collections.ConfigDict, image_size: int = 28) -> None:
+  """The demos' data: Fashion-MNIST from Debian's IDX files (28px gray, resized to
+  ``image_size``), test split for evaluation, no worker processes (the 2 cores are
+  busy with the model)."""
   data.update(dict(source="fashion_mnist_offline", data_dir="~/tensorflow_datasets",
-                   eval_split="test", image_size=28, channels=1, mean=[0.2860], std=[0.3530],
-                   num_workers=0, eval_resize=0))
+                   eval_split="test", image_size=image_size, channels=1, mean=[0.2860],
+                   std=[0.3530], num_workers=0, eval_resize=0))
 
 
 def _fail(field: str, msg: str):
@@ -195,17 +329,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
       _fail("model.posemb", f"{m.posemb!r}; valid: {', '.join(models.vit.POSEMBS)}")
     if m.get("remat", "none") not in models.vit.REMAT_POLICIES:
       _fail("model.remat", f"{m.remat!r}; valid: {', '.join(models.vit.REMAT_POLICIES)}")
+  _check_model_builds(config)  # any family: variant, options and image size
   if config.objective == "energy":
-    ratio = config.task_kwargs.get("ratio", None)
-    if ratio is not None and not 0 < ratio < 1:
-      _fail("task_kwargs.ratio", f"must be in (0, 1), got {ratio}")
-    try:
-      corruptions.parse_spec(config.task)
-      make_corruption(config)
-    except (ValueError, TypeError) as e:
-      _fail("task", str(e))
-    if config.task in ("colorize",) and config.data.channels != 3:
-      _fail("task", f"colorize needs 3-channel data; data.channels={config.data.channels}")
+    if config.task == SORTING:
+      _validate_sorting(config)
+    elif is_baseline(config.task):
+      _validate_baseline(config)
+    else:
+      ratio = config.task_kwargs.get("ratio", None)
+      if ratio is not None and not 0 < ratio < 1:
+        _fail("task_kwargs.ratio", f"must be in (0, 1), got {ratio}")
+      try:
+        corruptions.parse_spec(config.task)
+        make_corruption(config)
+      except (ValueError, TypeError) as e:
+        _fail("task", f"{e} (or {SORTING!r})")
+      if config.task in ("colorize",) and config.data.channels != 3:
+        _fail("task", f"colorize needs 3-channel data; data.channels={config.data.channels}")
     if not isinstance(config.inner_steps, int) or config.inner_steps < 1:
       _fail("inner_steps", f"must be an int >= 1, got {config.inner_steps!r}")
     if config.loss not in energy.LOSSES:
@@ -247,6 +387,58 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
   for f in ("log_every", "checkpoint_every", "image_every"):
     if config[f] < 1:
       _fail(f, f"must be >= 1, got {config[f]}")
+
+
+def _validate_sorting(config) -> None:
+  m = config.model
+  if m.name != "vit" or m.get("posemb") != "sincos2d":
+    _fail("task", f"sorting shuffles fixed sin-cos position embeddings: it needs "
+          f"model.name=vit with model.posemb=sincos2d, got {m.name} posemb={m.get('posemb')!r}")
+  unknown = set(config.task_kwargs) - {"keep_ratio", "edge_mask"}
+  if unknown:
+    _fail("task_kwargs", f"{sorted(unknown)}: sorting takes keep_ratio and edge_mask")
+  if not 0 < config.task_kwargs.get("keep_ratio", 0.5) <= 1:
+    _fail("task_kwargs.keep_ratio", f"must be in (0, 1], got {config.task_kwargs.keep_ratio}")
+  if config.loss != "mse":
+    _fail("loss", f"sorting's loss is the MSE of Eq. 7, got {config.loss!r}")
+
+
+def _validate_baseline(config) -> None:
+  if config.model.name != "vit":
+    _fail("task", f"{config.task}: the autoencoder baselines are ViT-only (MAE's design), got "
+          f"model.name={config.model.name}")
+  if config.task == MAE:
+    if not 0 < config.task_kwargs.get("mask_ratio", 0.75) < 1:
+      _fail("task_kwargs.mask_ratio", f"must be in (0, 1), got {config.task_kwargs.mask_ratio}")
+  elif config.task == AE_PREFIX + SORTING:
+    if config.model.get("posemb") != "none":
+      _fail("model.posemb", "ae_sorting's encoder has no position embedding (posemb=none), "
+            f"got {config.model.posemb!r}")
+  else:
+    try:
+      corruptions.parse_spec(config.task[len(AE_PREFIX):])
+      corruptions.from_spec(config.task[len(AE_PREFIX):], mean=tuple(config.data.mean),
+                            std=tuple(config.data.std), **config.task_kwargs.to_dict())
+    except (ValueError, TypeError) as e:
+      _fail("task", f"{config.task}: {e}")
+  for f in ("width", "depth", "num_heads"):
+    if config.decoder[f] < 1:
+      _fail(f"decoder.{f}", f"must be >= 1, got {config.decoder[f]}")
+  if config.decoder.width % config.decoder.num_heads:
+    _fail("decoder.width", f"{config.decoder.width} is not divisible by decoder.num_heads")
+
+
+def _check_model_builds(config) -> None:
+  """Traces the backbone once on the configured image size (shapes only), so that a
+  variant, option or image size it cannot take fails here with its message."""
+  m, d = config.model, config.data
+  kwargs = {k: v for k, v in m.to_dict().items() if k not in ("name", "variant")}
+  images = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
+  try:
+    backbone = models.get_backbone(m.name, m.variant, **kwargs)
+    jax.eval_shape(backbone.init, jax.random.key(0), images)
+  except (ValueError, TypeError) as e:
+    _fail("model", f"{m.name} {m.variant!r} at data.image_size={d.image_size}: {e}")
 
 
 def make_corruption(config):

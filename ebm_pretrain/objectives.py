@@ -24,16 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ebm_pretrain import checkpoints, config_lib, energy, mixing, models
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def _model_kwargs(config) -> dict:
-  """Everything in ``config.model`` besides name/variant, plus the dtypes."""
-  kw = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "variant")}
-  return dict(kw, dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype])
-
+from ebm_pretrain import autoencoders, checkpoints, config_lib, energy, mixing, models, sorting
 
 def path_str(path) -> str:
   """A pytree key path as 'a/b/c'."""
@@ -44,43 +35,16 @@ def _weighted_mean(x, w):
   return jnp.sum(w * x) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def _pretrained_backbone(config, target: dict, path: str, log) -> dict:
-  """``target`` (fresh backbone params of ``config.model``) replaced by the backbone
-  of the checkpoint at ``path``; a different model is a CheckpointError."""
-  found = checkpoints.find(path)
-  if found.workdir is not None:
-    trained = checkpoints.read_config(found).model
-    m = config.model
-    if (trained.name, trained.variant) != (m.name, m.variant):
-      raise checkpoints.CheckpointError(
-          f"{path} holds a {trained.name} {trained.variant} backbone; this config builds "
-          f"{m.name} {m.variant}. Set --config.model.name={trained.name} "
-          f"--config.model.variant={trained.variant}, or point --config.init at a "
-          f"{m.name} {m.variant} checkpoint.")
-  fresh_ok = checkpoints.FRESH_OK if config.model.get("posemb") == "sincos2d_learn" else ()
-  try:
-    backbone = checkpoints.load_backbone(
-        target, checkpoints.backbone_of(checkpoints.restore_params(found)),
-        fresh_ok=fresh_ok, log=log)
-  except checkpoints.CheckpointError as e:
-    hint = ("\n(a checkpoint pretrained with fixed sin-cos position embeddings has no "
-            "pos_embedding: fine-tune with --config.model.posemb=sincos2d_learn)"
-            if "  pos_embedding" in str(e) or "/pos_embedding" in str(e) else "")
-    raise checkpoints.CheckpointError(f"{path}: {e}{hint}") from None
-  log(f"Initialised the backbone from {found.checkpoints_dir} step {found.step}")
-  return backbone
-
-
 @dataclasses.dataclass
-class EnergyObjective:
-  """Paper Eq. 5: restore corrupted images by N energy-descent steps."""
+class _EnergyModelObjective:
+  """What the energy objectives share: an energy model (backbone + bias-free
+  Dense(1)) and a learnable step size alpha."""
   config: Any
 
   def __post_init__(self):
     c = self.config
-    self.model = models.get_energy_model(c.model.name, c.model.variant, **_model_kwargs(c))
-    self.energy_fn = models.energy_fn_of(self.model)
-    self.corrupt = config_lib.make_corruption(c)
+    self.model = models.get_energy_model(c.model.name, c.model.variant, **config_lib.model_kwargs(c))
+    self.backbone = self.model.backbone
 
   def init(self, rng, images):
     return {"model": self.model.init(rng, images)["params"],
@@ -98,12 +62,22 @@ class EnergyObjective:
   def init_from(self, params, path: str, log=print):
     """``params`` with the backbone of the checkpoint at ``path``; the energy head
     and alpha stay fresh."""
-    model = dict(params["model"], backbone=_pretrained_backbone(
+    model = dict(params["model"], backbone=checkpoints.pretrained_backbone(
         self.config, params["model"]["backbone"], path, log))
     return dict(params, model=model)
 
   def alpha(self, params):
     return energy.alpha_from_log(params["log_alpha"])
+
+
+@dataclasses.dataclass
+class EnergyObjective(_EnergyModelObjective):
+  """Paper Eq. 5: restore corrupted images by N energy-descent steps."""
+
+  def __post_init__(self):
+    super().__post_init__()
+    self.energy_fn = models.energy_fn_of(self.model)
+    self.corrupt = config_lib.make_corruption(self.config)
 
   def loss(self, params, model_state, batch, rng):
     c = self.config
@@ -151,6 +125,64 @@ class EnergyObjective:
             for k, v in totals.items() if k != "count"}
 
 
+@dataclasses.dataclass
+class SortingObjective(_EnergyModelObjective):
+  """Paper Eq. 7: N energy-descent steps on shuffled sin-cos position embeddings,
+  E(params, x, PE), sort them back; MSE against the true embeddings, averaged
+  over the steps. Edge masking and 50% patch dropout as appendix A.2 (see
+  ``ebm_pretrain.sorting``); the loss covers the kept tokens, the only ones
+  whose embeddings enter the network."""
+
+  def __post_init__(self):
+    super().__post_init__()
+    self.kwargs = dict(dict(keep_ratio=0.5, edge_mask=True), **self.config.task_kwargs)
+
+  def _problem(self, images, rng):
+    """(energy_fn over the kept tokens' embeddings, shuffled start, true, kept indices,
+    the table of all N embeddings)."""
+    k_reg, k_perm = jax.random.split(rng)
+    gh, gw = self.backbone.patch_grid(images.shape[1:3])
+    posemb = models.posemb_sincos_2d(gh, gw, self.backbone.width)[0]  # [N, D]
+    patch = models.decode_variant(self.config.model.variant)["patch_size"]
+    images, keep = sorting.regularise(k_reg, images, patch, self.kwargs["keep_ratio"],
+                                      self.kwargs["edge_mask"])
+    start, true = sorting.shuffled_posemb(k_perm, posemb, keep)
+
+    def energy_fn(model_params, pe):
+      return self.model.apply({"params": model_params}, images, posemb=pe, keep=keep)
+    return energy_fn, start, true, keep, posemb
+
+  def loss(self, params, model_state, batch, rng):
+    energy_fn, start, true, _, _ = self._problem(batch["image"], rng)
+    w = batch["valid"].astype(jnp.float32)
+    loss, aux = energy.restoration_loss(
+        energy_fn, params["model"], self.alpha(params), start, true, self.config.inner_steps,
+        loss="mse", unroll=self.config.unroll, remat=self.config.get("inner_remat", False),
+        weights=w, with_aux=True)
+    metrics = {"alpha": self.alpha(params),
+               "corrupted_error": energy.pixel_error(start, true, "mse", batch["valid"])}
+    metrics.update({f"step_error_{n + 1}": e for n, e in enumerate(aux["step_errors"])})
+    return loss, (metrics, model_state)
+
+  def eval_sums(self, params, model_state, batch, rng):
+    """Per stage (shuffled, each step): summed embedding MSE and the fraction of
+    tokens whose embedding is nearest to their own position's."""
+    energy_fn, start, true, keep, posemb = self._problem(batch["image"], rng)
+    chain = energy.restore(energy_fn, params["model"], start, self.alpha(params),
+                           self.config.inner_steps, unroll=self.config.unroll)
+    w = batch["valid"].astype(jnp.float32)
+    out = {"count": jnp.sum(w)}
+    stages = [("shuffled", start)] + [(f"step_{n + 1}", chain[n]) for n in range(chain.shape[0])]
+    for name, pe in stages:
+      out[f"mse_{name}"] = jnp.sum(w * jnp.mean((pe - true) ** 2, axis=(1, 2)))
+      out[f"sorted_{name}"] = jnp.sum(w * sorting.sorted_fraction(pe, posemb, keep))
+    return out
+
+  def eval_summary(self, totals: dict[str, float]) -> dict[str, float]:
+    n = max(totals.get("count", 0.0), 1.0)
+    return {f"eval/pe_{k}": v / n for k, v in totals.items() if k != "count"}
+
+
 class ClassifierHead(nn.Module):
   """Linear classifier on backbone features; with ``batchnorm``, preceded by a
   BatchNorm without affine parameters (MAE's linear probing)."""
@@ -180,10 +212,10 @@ class SupervisedObjective:
 
   def __post_init__(self):
     c = self.config
-    self.backbone = models.get_backbone(c.model.name, c.model.variant, **_model_kwargs(c))
+    self.backbone = models.get_backbone(c.model.name, c.model.variant, **config_lib.model_kwargs(c))
     self.head = ClassifierHead(c.num_classes, batchnorm=c.get("head_batchnorm", False),
-                               init_std=c.get("head_init_std", 2e-5), dtype=DTYPES[c.dtype],
-                               param_dtype=DTYPES[c.param_dtype])
+                               init_std=c.get("head_init_std", 2e-5), dtype=config_lib.DTYPES[c.dtype],
+                               param_dtype=config_lib.DTYPES[c.param_dtype])
     self.freeze_backbone = c.get("freeze_backbone", False)
 
   def _features(self, params, images, train, rng):
@@ -225,7 +257,8 @@ class SupervisedObjective:
     """``params`` with the backbone of the checkpoint at ``path`` (an energy
     pretraining or another fine-tuning run); the classifier head stays fresh."""
     # (.get: the checkpoint is checked against the config before the params are read.)
-    return dict(params, backbone=_pretrained_backbone(self.config, params.get("backbone"), path,
+    return dict(params, backbone=checkpoints.pretrained_backbone(
+        self.config, params.get("backbone"), path,
                                                       log))
 
   def logits(self, params, model_state, images, train=False, rng=None):
@@ -271,4 +304,8 @@ def get_objective(config):
   if config.objective not in OBJECTIVES:
     raise config_lib.ConfigError(f"config.objective: unknown {config.objective!r}; valid: "
                                  f"{', '.join(sorted(OBJECTIVES))}")
+  if config.objective == "energy" and config.get("task") == config_lib.SORTING:
+    return SortingObjective(config)
+  if config.objective == "energy" and autoencoders.is_baseline(config.get("task", "")):
+    return autoencoders.get(config)  # the AE / MAE baselines, by task name
   return OBJECTIVES[config.objective](config)

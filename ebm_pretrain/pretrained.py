@@ -36,15 +36,12 @@ class Pretrained:
     d = self.config.data
     self._mean = jnp.asarray(d.mean, jnp.float32)
     self._std = jnp.asarray(d.std, jnp.float32)
-    if self.config.objective == "energy":
-      self._backbone_params = self.params["model"]["backbone"]
-      self._backbone = self.objective.model.backbone
-    else:
-      self._backbone_params = self.params["backbone"]
-      self._backbone = self.objective.backbone
+    # Every objective (energy, sorting, the baselines, fine-tuning) has a backbone.
+    self._backbone_params = checkpoints.backbone_of(self.params)
+    self._backbone = self.objective.backbone
     # Compiled once per input shape (and per num_steps), not per call.
     self._features = jax.jit(lambda p, x: self._backbone.apply({"params": p}, x))
-    if self.config.objective == "energy":
+    if isinstance(self.objective, objectives.EnergyObjective):  # pixel restoration
       obj = self.objective
       self._energy = jax.jit(obj.energy_fn)
       self._restore = jax.jit(
@@ -76,9 +73,9 @@ class Pretrained:
     return self._features(self._backbone_params, self._normalize(images))
 
   def _energy_objective(self, what: str):
-    if self.config.objective != "energy":
-      raise ValueError(f"{what} needs an energy (pretraining) checkpoint; {self.path} holds "
-                       f"a {self.config.objective!r} model")
+    if not isinstance(self.objective, objectives.EnergyObjective):
+      raise ValueError(f"{what} needs a pixel-restoration energy checkpoint; {self.path} holds "
+                       f"a {self.config.objective!r} model with task {self.config.get('task')!r}")
     return self.objective
 
   def energy(self, images) -> jax.Array:

@@ -154,6 +154,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   devices = list(devices or jax.devices())
   nproc, pidx = jax.process_count(), jax.process_index()
   primary = pidx == 0
+  config = config_lib.resolve_model(config)  # fine-tuning configs may take init's backbone
   config_lib.validate(config, len(devices), nproc)
   os.makedirs(workdir, exist_ok=True)
   if primary:

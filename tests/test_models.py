@@ -105,7 +105,7 @@ def test_energy_head_is_bias_free_and_backbone_is_a_feature_extractor():
 def test_bad_model_arguments():
   with pytest.raises(ValueError, match="unknown ViT variant 'X/16'"):
     models.get_backbone("vit", "X/16")
-  with pytest.raises(ValueError, match="unknown model 'resnet'; valid: vit"):
+  with pytest.raises(ValueError, match="unknown model 'resnet'; valid: convnext, swin, vit"):
     models.get_backbone("resnet", "50")
   m = models.get_backbone("vit", "mu/5")
   with pytest.raises(ValueError, match="patch size 5 does not divide the image size 16x16"):

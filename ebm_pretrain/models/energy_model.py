@@ -18,8 +18,8 @@ class EnergyModel(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool = False):
-    features = self.backbone(x, train=train)
+  def __call__(self, x, *, train: bool = False, **backbone_kwargs):
+    features = self.backbone(x, train=train, **backbone_kwargs)
     energy = nn.Dense(1, use_bias=False, dtype=self.dtype,
                       param_dtype=self.param_dtype, name="energy_head")(features)
     return energy[:, 0].astype(jnp.float32)

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ebm_pretrain.models.layers import DropPath
+
 Dtype = Any
 
 # width, depth, mlp_dim, num_heads (Dosovitskiy et al. 2021; Ti from DeiT).
@@ -53,7 +55,7 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.,
   return jnp.asarray(pe, dtype)[None]
 
 
-POSEMBS = ("learn", "sincos2d", "sincos2d_learn")
+POSEMBS = ("learn", "sincos2d", "sincos2d_learn", "none", "zeros_learn")
 
 
 def layer_id(path: str, variant: str) -> tuple[int, int]:
@@ -68,19 +70,6 @@ def layer_id(path: str, variant: str) -> tuple[int, int]:
   if re.search(r"(^|/)(embedding|cls|pos_embedding)(/|$)", path):
     return 0, depth + 1
   return depth + 1, depth + 1
-
-
-class DropPath(nn.Module):
-  """Stochastic depth: drops the residual branch per example."""
-  rate: float = 0.0
-
-  @nn.compact
-  def __call__(self, x, deterministic: bool = True):
-    if deterministic or self.rate == 0.0:
-      return x
-    keep = 1.0 - self.rate
-    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
-    return jnp.where(mask, x / keep, jnp.zeros_like(x))
 
 
 class MlpBlock(nn.Module):
@@ -159,9 +148,11 @@ class ViT(nn.Module):
 
   pool: "tok" (the cls token) or "gap" (mean over the patch tokens), both after
     the final ``encoder_norm``, as in big_vision.
-  posemb: "learn" (learnable, init N(0, 0.02)), "sincos2d" (fixed), or
+  posemb: "learn" (learnable, init N(0, 0.02)), "sincos2d" (fixed),
     "sincos2d_learn" (learnable, initialised to the sin-cos values: how
-    fine-tuning makes fixed embeddings trainable, paper appendix A.2).
+    fine-tuning makes fixed embeddings trainable, paper appendix A.2), "none"
+    (the AE + sorting baseline's encoder), or "zeros_learn" (learnable from
+    zeros: fine-tuning that baseline).
   """
   variant: str = "S/16"
   pool: str = "tok"
@@ -193,10 +184,22 @@ class ViT(nn.Module):
       return self.param("pos_embedding",
                         lambda _, shape, dtype: posemb_sincos_2d(gh, gw, width, dtype=dtype),
                         (1, gh * gw, width), self.param_dtype)
+    if self.posemb == "none":
+      return jnp.zeros((1, gh * gw, width), self.param_dtype)
+    if self.posemb == "zeros_learn":
+      return self.param("pos_embedding", nn.initializers.zeros, (1, gh * gw, width),
+                        self.param_dtype)
     raise ValueError(f"unknown posemb {self.posemb!r}; valid: {', '.join(POSEMBS)}")
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, images, *, train: bool = False, posemb=None, keep=None,
+               tokens: bool = False):
+    """``posemb`` [B, K, width], if given, replaces the position embeddings of the
+    patch tokens (patch sorting feeds the shuffled ones as the energy's input);
+    ``keep`` [B, K] int keeps only those patch tokens (patch dropout, MAE's
+    visible patches), and then ``posemb`` holds the kept tokens' embeddings, in
+    ``keep``'s order. ``tokens=True`` returns the patch tokens [B, K, width]
+    after ``encoder_norm`` instead of the pooled features (autoencoders)."""
     cfg = decode_variant(self.variant)
     if images.ndim != 4:
       raise ValueError(f"ViT expects images [B, H, W, C], got shape {images.shape}")
@@ -207,10 +210,19 @@ class ViT(nn.Module):
     x = nn.Conv(width, (p, p), strides=(p, p), padding="VALID", name="embedding",
                 dtype=self.dtype, param_dtype=self.param_dtype)(images.astype(self.dtype))
     x = x.reshape(x.shape[0], gh * gw, width)
-    x = x + self.position_embedding(gh, gw, width).astype(self.dtype)
+    if posemb is None:
+      x = x + self.position_embedding(gh, gw, width).astype(self.dtype)
+    if keep is not None:
+      x = jnp.take_along_axis(x, keep[:, :, None], axis=1)
+    if posemb is not None:
+      if posemb.shape[1:] != x.shape[1:]:
+        raise ValueError(f"posemb has shape {posemb.shape}; the patch tokens are {x.shape}")
+      x = x + posemb.astype(self.dtype)
     if self.pool == "tok":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, width), self.param_dtype)
       x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (x.shape[0], 1, 1)), x], axis=1)
     x = Encoder(cfg["depth"], cfg["mlp_dim"], cfg["num_heads"], self.drop_path,
                 self.dtype, self.param_dtype, self.remat, name="Transformer")(x, not train)
+    if tokens:
+      return x[:, 1:] if self.pool == "tok" else x
     return x[:, 0] if self.pool == "tok" else jnp.mean(x, axis=1)

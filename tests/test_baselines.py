@@ -1,0 +1,97 @@
+"""The baselines (ae_<task>, mae) and patch sorting through the same CLI, and
+fine-tuning from them."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ebm_pretrain import autoencoders, objectives
+from helpers import load_config, run_main
+from test_learning import structured_images
+
+
+def _objective(task):
+  c = load_config("tiny", f"task={task}")
+  return c, objectives.get_objective(c)
+
+
+def test_mae_masks_75_percent_and_the_encoder_sees_only_the_rest():
+  c, obj = _objective("mae")
+  assert isinstance(obj, autoencoders.MAEObjective)
+  images = structured_images(jax.random.key(0), 4)  # 16px, 4px patches: 16 patches
+  params = obj.init(jax.random.key(1), images)["model"]
+  keep = jnp.asarray([[0, 5, 10, 15]] * 4)  # 25% visible
+  # Predictions do not depend on the pixels of masked patches.
+  grad = jax.grad(lambda x: obj._apply(params, x, keep, False, None).sum())(images)
+  per_patch = np.abs(np.asarray(autoencoders.patchify(grad, 4))).sum(-1)  # [B, 16]
+  visible = np.zeros(16, bool)
+  visible[[0, 5, 10, 15]] = True
+  assert (per_patch[:, ~visible] == 0).all() and (per_patch[:, visible] > 0).all()
+  # The default mask ratio keeps 4 of 16 patches.
+  assert obj.keep_ratio == pytest.approx(0.25)
+
+
+def test_mae_loss_covers_only_the_masked_patches():
+  patches = jax.random.normal(jax.random.key(0), (2, 16, 12))
+  pred = jax.random.normal(jax.random.key(1), (2, 16, 12))
+  keep = jnp.asarray([[1, 2, 3, 4], [0, 7, 8, 9]])
+  grad = np.asarray(jax.grad(lambda p: autoencoders.mae_loss(p, patches, keep).sum())(pred))
+  touched = np.abs(grad).sum(-1) > 0
+  for b in range(2):
+    expected = np.ones(16, bool)
+    expected[np.asarray(keep[b])] = False
+    np.testing.assert_array_equal(touched[b], expected)
+  # The target is per-patch normalised pixels: predicting them gives zero loss.
+  target = (patches - patches.mean(-1, keepdims=True)) / jnp.sqrt(
+      patches.var(-1, keepdims=True) + 1e-6)
+  np.testing.assert_allclose(autoencoders.mae_loss(target, patches, keep), 0.0, atol=1e-10)
+
+
+def test_patchify_matches_the_vit_token_order():
+  x = jnp.arange(2 * 8 * 8 * 1, dtype=jnp.float32).reshape(2, 8, 8, 1)
+  p = autoencoders.patchify(x, 4)
+  assert p.shape == (2, 4, 16)
+  np.testing.assert_array_equal(p[0, 1], x[0, 0:4, 4:8, 0].reshape(-1))  # row 0, column 1
+  np.testing.assert_array_equal(p[0, 2], x[0, 4:8, 0:4, 0].reshape(-1))  # row 1, column 0
+
+
+def test_ae_sorting_has_no_position_embedding_and_cannot_read_positions():
+  c, obj = _objective("ae_sorting")
+  assert c.model.posemb == "none"
+  images = structured_images(jax.random.key(0), 2)
+  params = obj.init(jax.random.key(1), images)["model"]
+  assert "pos_embedding" not in params["backbone"]
+  # Permuting the kept tokens permutes the predictions: nothing tells positions apart
+  # but the patches' content.
+  keep = jnp.asarray([[0, 3, 6, 9, 12, 15, 1, 2]] * 2)
+  perm = jnp.asarray([7, 2, 5, 0, 1, 3, 6, 4])
+  a = obj._apply(params, images, keep, False, None)
+  b = obj._apply(params, images, keep[:, perm], False, None)
+  np.testing.assert_allclose(a[:, keep[0]], b[:, keep[0]], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["ae_sr4", "ae_sorting", "mae", "sorting"])
+def test_each_pretext_and_baseline_runs_two_steps_and_fine_tunes(task, tmp_path):
+  pre = str(tmp_path / "pre")
+  run_main(f"configs/tiny.py:task={task},steps=2", pre, "--config.eval_examples=0",
+           "--config.image_every=100")
+  records = [json.loads(l) for l in open(os.path.join(pre, "metrics.jsonl"))]
+  assert np.isfinite([r["loss"] for r in records if "loss" in r]).all()
+  # Fine-tuning takes the backbone (cheaper in process than a second CLI run).
+  ft = load_config("tiny_finetune", f"init={pre}")
+  from ebm_pretrain import config_lib
+  ft = config_lib.resolve_model(ft)
+  if task in ("sorting", "ae_sorting"):  # trainable position embeddings, as the paper
+    assert ft.model.posemb == {"sorting": "sincos2d_learn", "ae_sorting": "zeros_learn"}[task]
+  obj = objectives.get_objective(ft)
+  images = structured_images(jax.random.key(0), 8)
+  params = obj.init_from(obj.init(jax.random.key(1), images), pre, log=lambda _: None)
+  pe = params["backbone"]["pos_embedding"]
+  if task == "ae_sorting":
+    np.testing.assert_array_equal(pe, 0.0)
+  elif task == "sorting":
+    from ebm_pretrain import models
+    np.testing.assert_allclose(pe, models.posemb_sincos_2d(4, 4, 32), rtol=1e-6)
