@@ -54,11 +54,12 @@ def test_tiny_variants_run_at_two_sizes_and_channel_counts(name, width):
   backbone = models.get_backbone(name, "mu", drop_path=0.1, **extra)
   for size, channels in ((16, 1), (32, 3)):
     x = jax.random.normal(jax.random.key(size), (2, size, size, channels))
-    variables = backbone.init(jax.random.key(0), x)
-    out = backbone.apply(variables, x)
+    variables = jax.jit(backbone.init)(jax.random.key(0), x)
+    out = jax.jit(backbone.apply)(variables, x)
     assert out.shape == (2, width) and bool(jnp.all(jnp.isfinite(out)))
     # Drop path is active in training only.
-    train = backbone.apply(variables, x, train=True, rngs={"dropout": jax.random.key(1)})
+    train = jax.jit(lambda v, x: backbone.apply(v, x, train=True, rngs={
+        "dropout": jax.random.key(1)}))(variables, x)
     assert not np.allclose(train, out)
 
 
@@ -90,8 +91,8 @@ def test_unknown_variants_and_options_are_clear_errors():
 def _influence(block, h, w, dim=8):
   """[h*w, h*w] bool: whether output token q depends on input token k."""
   x = jax.random.normal(jax.random.key(0), (1, h, w, dim))
-  variables = block.init(jax.random.key(1), x)
-  jac = jax.jacrev(lambda x: block.apply(variables, x))(x)  # [1,h,w,dim, 1,h,w,dim]
+  variables = jax.jit(block.init)(jax.random.key(1), x)
+  jac = jax.jit(jax.jacrev(lambda x: block.apply(variables, x)))(x)  # [1,h,w,dim, 1,h,w,dim]
   return np.asarray(jnp.abs(jac).sum(axis=(0, 3, 4, 7))).reshape(h * w, h * w) > 0
 
 
@@ -191,7 +192,8 @@ def family_pretrain(request, tmp_path_factory):
 def test_pretrain_then_finetune_through_the_cli(family_pretrain, tmp_path):
   name, pre = family_pretrain
   wd = str(tmp_path / "ft")
-  proc = run_main(f"configs/tiny_finetune.py:init={pre},steps=2", wd, "--config.eval_every=0")
+  proc = run_main(f"configs/tiny_finetune.py:init={pre},steps=2", wd,
+                  "--config.eval_examples=0")
   assert "Initialised the backbone" in proc.stdout
   with open(os.path.join(wd, "config.json")) as f:
     model = json.load(f)["model"]
@@ -199,7 +201,7 @@ def test_pretrain_then_finetune_through_the_cli(family_pretrain, tmp_path):
   assert (model["name"], model["variant"]) == (name, "mu")
   assert model["drop_path"] == models.finetune_model({"name": name})["drop_path"] > 0
   records = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
-  assert any("eval/top1" in r for r in records)
+  assert [r["step"] for r in records if "loss" in r][-1] == 2
 
 
 def test_a_convnext_checkpoint_into_a_vit_config_is_a_clear_error(family_pretrain, tmp_path):
@@ -236,14 +238,15 @@ def test_the_readme_custom_backbone_example_trains_and_decays():
   config_lib.validate(c, num_devices=1)
   obj = objectives.get_objective(c)
   images = structured_images(jax.random.key(0), 8)
-  params = obj.init(jax.random.key(1), images)
+  params = jax.jit(obj.init)(jax.random.key(1), images)
   batch = {"image": images, "valid": jnp.ones(8, bool)}
-  (loss, _), grads = jax.value_and_grad(obj.loss, has_aux=True)(params, {}, batch, jax.random.key(2))
+  (loss, _), grads = jax.jit(jax.value_and_grad(obj.loss, has_aux=True))(
+      params, {}, batch, jax.random.key(2))
   assert np.isfinite(float(loss))
   assert float(jnp.abs(grads["model"]["backbone"]["conv_0"]["kernel"]).sum()) > 0
   ft = load_config("tiny_finetune")
   ft.model = config_lib.model_config("tiny_cnn", "S")
   ft_obj = objectives.get_objective(ft)
-  factors = ft_obj.lr_multipliers(ft_obj.init(jax.random.key(0), images))
+  factors = ft_obj.lr_multipliers(jax.eval_shape(ft_obj.init, jax.random.key(0), images))
   assert factors["backbone"]["conv_0"]["kernel"] == pytest.approx(0.75 ** 3)
   assert factors["backbone"]["norm"]["scale"] == 1.0

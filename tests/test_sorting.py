@@ -41,10 +41,10 @@ def test_patch_dropout_keeps_half_of_the_tokens_and_ignores_the_rest():
   model = models.get_energy_model("vit", "mu/4", posemb="sincos2d", dtype=jnp.float32,
                                   param_dtype=jnp.float32)
   x = jax.random.normal(jax.random.key(1), (4, 16, 16, 1))
-  params = model.init(jax.random.key(2), x)["params"]
+  params = jax.jit(model.init)(jax.random.key(2), x)["params"]
   pe = models.posemb_sincos_2d(4, 4, 32)[0][jnp.asarray(keep)]
-  grad = jax.grad(lambda x: model.apply({"params": params}, x, posemb=pe,
-                                        keep=jnp.asarray(keep)).sum())(x)
+  grad = jax.jit(jax.grad(lambda x: model.apply({"params": params}, x, posemb=pe,
+                                                keep=jnp.asarray(keep)).sum()))(x)
   per_patch = np.abs(np.asarray(grad)).reshape(4, 4, 4, 4, 4).sum(axis=(2, 4)).reshape(4, 16)
   for b in range(4):
     kept = np.zeros(16, bool)
@@ -84,7 +84,7 @@ def test_training_on_a_fixed_batch_sorts_the_embeddings():
   assert isinstance(obj, objectives.SortingObjective)
   images = structured_images(jax.random.key(0), 16)
   batch = {"image": images, "valid": jnp.ones(16, bool)}
-  params = obj.init(jax.random.key(1), images)
+  params = jax.jit(obj.init)(jax.random.key(1), images)
   opt = optax.adamw(3e-3, b1=0.9, b2=0.95)
   rng = jax.random.key(7)  # the same shuffle and dropout every step: a fixed problem
 
@@ -97,7 +97,7 @@ def test_training_on_a_fixed_batch_sorts_the_embeddings():
   state = opt.init(params)
   for _ in range(60):
     params, state, _ = step(params, state)
-  totals = jax.device_get(obj.eval_sums(params, {}, batch, rng))
+  totals = jax.device_get(jax.jit(obj.eval_sums)(params, {}, batch, rng))
   summary = obj.eval_summary(totals)
   # The steps move the shuffled embeddings towards the true ones.
   assert summary["eval/pe_mse_step_2"] < 0.8 * summary["eval/pe_mse_shuffled"], summary
