@@ -158,7 +158,7 @@ class SortingAutoencoder(_Autoencoder):
   decoder_posemb = False
 
   def __post_init__(self):
-    self.kwargs = dict(dict(keep_ratio=0.5, edge_mask=True), **self.config.task_kwargs)
+    self.kwargs = sorting.settings(self.config.task_kwargs)
     self.keep_ratio = self.kwargs["keep_ratio"]
     super().__post_init__()
 

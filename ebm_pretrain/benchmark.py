@@ -1,18 +1,21 @@
 """Benchmark: ``python -m ebm_pretrain.benchmark --config=configs/vit_s.py [--config.key=value]``.
 
-In one process, after compiling, times (median over ``--steps``, with
-``block_until_ready``) the full energy training step, a plain supervised step
-(forward, backward, AdamW) and a forward pass of the same backbone and batch on
-one device, and reports img/s, step and compile time, XLA's memory analysis and
+In one process, after compiling, times (median over ``--steps`` rounds that
+call each step once, with ``block_until_ready``) the full energy training step,
+a plain supervised step (forward, backward, AdamW) and a forward pass of the
+same backbone and batch on one device, and reports img/s, step and compile time, XLA's memory analysis and
 peak RSS, XLA's FLOPs and the FLOP/s achieved, against the FLOP/s of a large
 matmul (the roofline) measured in the same run, plus the input pipeline's own
-img/s. Prints a table and writes JSON (``--output``).
+img/s. Prints a table and writes JSON (``--output``). Each ``--variant`` (config
+overrides) adds an energy step timed in the same run, with its time and memory
+relative to the default's: how README's "what each choice bought" is measured.
 """
 from __future__ import annotations
 
 import json
 import resource
 import statistics
+import sys
 import time
 from typing import Any, Callable
 
@@ -28,6 +31,9 @@ _PIPELINE_CONFIG = config_flags.DEFINE_config_file(
     "pipeline_config", None, "Config whose data the input pipeline is timed on "
     "(default: --config's).", lock_config=False)
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 20, "Batches timed in the pipeline.")
+_VARIANTS = flags.DEFINE_multi_string(
+    "variant", [], "Config overrides 'KEY=VALUE[,KEY=VALUE]' (e.g. 'stepwise_grads=False'): "
+    "an extra energy step timed in the same run and compared with the default one.")
 flags.mark_flags_as_required(["config"])
 
 FIELDS = ("step_s", "img_per_s", "compile_s", "flops", "flops_per_s", "roofline_fraction",
@@ -38,15 +44,18 @@ def _rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _time(fn: Callable[[], Any], steps: int) -> float:
+def _time_interleaved(fns: dict[str, Callable[[], Any]], steps: int) -> dict[str, float]:
+  """Median seconds of each function over ``steps`` rounds, one call of each per
+  round: a drift in the machine's speed (other jobs, clocks) then hits every
+  measurement alike, so their ratios hold even when absolute times move."""
   import jax
-  jax.block_until_ready(fn())  # warm-up (and any donation plumbing)
-  times = []
+  times = {name: [] for name in fns}
   for _ in range(steps):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+    for name, fn in fns.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn())
+      times[name].append(time.perf_counter() - t)
+  return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def _compiled(jitted, *args):
@@ -63,20 +72,32 @@ def _compiled(jitted, *args):
   return compiled, compile_s, float(cost.get("flops", 0.0)), mem_bytes
 
 
-def roofline(n: int, dtype) -> float:
-  """FLOP/s of an n x n @ n x n matmul on the default device."""
+def roofline(n: int, dtype, reps: int = 10) -> float:
+  """FLOP/s of an n x n @ n x n matmul on the default device: the fastest of
+  ``reps`` (a peak; a median would count the machine's hiccups against it)."""
   import jax
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   f = jax.jit(lambda a, b: a @ b)
-  return 2 * n ** 3 / _time(lambda: f(a, b), 5)
+  jax.block_until_ready(f(a, b))
+  best = float("inf")
+  for _ in range(reps):
+    t = time.perf_counter()
+    jax.block_until_ready(f(a, b))
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
 
 
-def measure_steps(config, steps: int, matmul_size: int) -> dict[str, dict[str, float]]:
+def measure_steps(config, steps: int, matmul_size: int,
+                  variants: dict | None = None) -> dict[str, dict[str, float]]:
+  """Times the three steps; ``variants`` ({name: config}) add energy steps."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   from ebm_pretrain import objectives, train
+
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(config.dtype, jnp.float32)
+  peak = roofline(matmul_size, dtype)  # before and after the steps: the better of the two
 
   d = config.data
   b = config.batch_size
@@ -87,9 +108,18 @@ def measure_steps(config, steps: int, matmul_size: int) -> dict[str, dict[str, f
            "valid": jnp.ones((b,), bool)}
   dummy = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
   schedule = lambda step: config.optim.base_lr
-  results = {}
+  results, calls = {}, {}
 
-  def run_objective(name: str, objective):
+  def prepare(name: str, fn: Callable[[], Any], compile_s: float, flops: float, mem) -> None:
+    """Records the compiled step's figures and runs it once (warm-up; the RSS
+    peak then includes its first run), to be timed later with the others."""
+    jax.block_until_ready(fn())
+    results[name] = dict(compile_s=compile_s, flops=flops,
+                         xla_memory_mib=mem / 2 ** 20 if mem is not None else None,
+                         rss_peak_mib=_rss_mib())
+    calls[name] = fn
+
+  def prepare_objective(name: str, objective) -> None:
     params = objective.init(jax.random.PRNGKey(0), dummy)
     tx = train.make_optimizer(config, params, objective, schedule)
     state = {"params": params,
@@ -104,28 +134,32 @@ def measure_steps(config, steps: int, matmul_size: int) -> dict[str, dict[str, f
     def one():
       holder["state"], m = compiled(holder["state"], batch)
       return m["loss"]
-    results[name] = dict(step_s=_time(one, steps), compile_s=compile_s, flops=flops,
-                         xla_memory_mib=mem / 2 ** 20 if mem is not None else None)
-    results[name]["rss_peak_mib"] = _rss_mib()
+    prepare(name, one, compile_s, flops, mem)
 
+  # In order of growing memory, so that each RSS peak is mostly the step's own.
   # Forward: the energy model's forward pass (backbone + linear head).
   energy_obj = objectives.EnergyObjective(config)
   params = energy_obj.init(jax.random.PRNGKey(0), dummy)
   fwd = jax.jit(lambda p, x: energy_obj.model.apply(
       {"params": p["model"]}, train.normalize(x, d.mean, d.std)))
   compiled, compile_s, flops, mem = _compiled(fwd, params, batch["image"])
-  results["forward"] = dict(step_s=_time(lambda: compiled(params, batch["image"]), steps),
-                            compile_s=compile_s, flops=flops,
-                            xla_memory_mib=mem / 2 ** 20 if mem is not None else None,
-                            rss_peak_mib=_rss_mib())
+  prepare("forward", lambda: compiled(params, batch["image"]), compile_s, flops, mem)
   sup_config = config.copy_and_resolve_references()
   sup_config.objective = "supervised"
   sup_config.num_classes = config.get("num_classes", 1000)
-  run_objective("supervised_step", objectives.SupervisedObjective(sup_config))
-  run_objective("energy_step", energy_obj)
+  prepare_objective("supervised_step", objectives.SupervisedObjective(sup_config))
+  prepare_objective("energy_step", energy_obj)
+  for spec, variant in (variants or {}).items():
+    prepare_objective(f"energy_step[{spec}]", objectives.EnergyObjective(variant))
 
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(config.dtype, jnp.float32)
-  peak = roofline(matmul_size, dtype)
+  for name, step_s in _time_interleaved(calls, steps).items():
+    results[name]["step_s"] = step_s
+  for spec in variants or {}:
+    for field in ("step_s", "xla_memory_mib"):
+      base, this = results["energy_step"][field], results[f"energy_step[{spec}]"][field]
+      results[f"energy_step[{spec}]"][f"{field}_over_default"] = this / base if base else None
+
+  peak = max(peak, roofline(matmul_size, dtype))
   for r in results.values():
     r["img_per_s"] = b / r["step_s"]
     r["flops_per_s"] = r["flops"] / r["step_s"]
@@ -177,14 +211,19 @@ def report(config, results: dict, pipe: dict) -> dict:
 
 
 def print_table(rep: dict) -> None:
-  rows = [("", "step s", "img/s", "compile s", "GFLOP", "GFLOP/s", "% roof", "XLA MiB", "RSS MiB")]
-  for name in ("energy_step", "supervised_step", "forward"):
-    r = rep["results"][name]
+  rows = [("", "step s", "img/s", "compile s", "GFLOP", "GFLOP/s", "% roof", "XLA MiB", "RSS MiB",
+           "time, memory vs default")]
+  ratio = lambda r, f: f"{r[f]:.2f}x" if r.get(f) is not None else "?"
+  for name, r in rep["results"].items():
+    if name == "roofline":
+      continue
     rows.append((name, f"{r['step_s']:.3f}", f"{r['img_per_s']:.1f}", f"{r['compile_s']:.1f}",
                  f"{r['flops'] / 1e9:.1f}", f"{r['flops_per_s'] / 1e9:.1f}",
                  f"{100 * r['roofline_fraction']:.0f}",
                  f"{r['xla_memory_mib']:.0f}" if r["xla_memory_mib"] is not None else "?",
-                 f"{r['rss_peak_mib']:.0f}"))
+                 f"{r['rss_peak_mib']:.0f}",
+                 f"{ratio(r, 'step_s_over_default')}, {ratio(r, 'xla_memory_mib_over_default')}"
+                 if "step_s_over_default" in r else ""))
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
   for r in rows:
     print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
@@ -201,8 +240,15 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   from ebm_pretrain import config_lib
   config = _CONFIG.value
-  config_lib.validate(config, num_devices=1)
-  results = measure_steps(config, _STEPS.value, _MATMUL.value)
+  try:  # every config is checked before anything is timed
+    config_lib.validate(config, num_devices=1)
+    variants = {spec: config_lib.override(config, spec) for spec in _VARIANTS.value}
+    for variant in variants.values():
+      config_lib.validate(variant, num_devices=1)
+  except config_lib.ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  results = measure_steps(config, _STEPS.value, _MATMUL.value, variants)
   pipe = measure_pipeline(_PIPELINE_CONFIG.value or config, _PIPELINE_BATCHES.value)
   rep = report(config, results, pipe)
   print_table(rep)

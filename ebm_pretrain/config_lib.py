@@ -7,7 +7,7 @@ import ml_collections
 import jax
 import jax.numpy as jnp
 
-from ebm_pretrain import checkpoints, corruptions, energy, models
+from ebm_pretrain import checkpoints, corruptions, energy, models, sorting
 
 
 class ConfigError(ValueError):
@@ -32,14 +32,32 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     if not sep or key not in defaults:
       raise ConfigError(f"config argument {item!r}: expected KEY=VALUE with KEY in "
                         f"{sorted(defaults)}")
-    default = defaults[key]
-    if isinstance(default, bool):
-      value = value.lower() in ("1", "true", "yes")
-    elif isinstance(default, int):
-      value = int(value)
-    elif isinstance(default, float):
-      value = float(value)
-    out[key] = value
+    out[key] = _typed_like(defaults[key], value)
+  return out
+
+
+def _typed_like(default, value: str):
+  """The string ``value`` as the type of ``default`` (bool, int, float or str)."""
+  if isinstance(default, bool):
+    return value.lower() in ("1", "true", "yes")
+  if isinstance(default, (int, float)):
+    return type(default)(value)
+  return value
+
+
+def override(config: ml_collections.ConfigDict, spec: str) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ``"a.b=v,c=w"`` applied, values typed after the
+  current ones (the benchmark's ``--variant``)."""
+  out = config.copy_and_resolve_references()
+  for item in filter(None, spec.split(",")):
+    key, sep, value = item.partition("=")
+    *parents, leaf = key.split(".")
+    node = out
+    for name in parents:
+      node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+    if not sep or not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      raise ConfigError(f"override {item!r}: expected KEY=VALUE with KEY a field of the config")
+    node[leaf] = _typed_like(node[leaf], value)
   return out
 
 
@@ -60,6 +78,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.inner_steps = 2             # N
   c.unroll = True               # unroll the inner fori_loop (faster at N=2)
   c.inner_remat = False         # jax.checkpoint each inner step's input gradient
+  c.stepwise_grads = True       # each step's outer gradient before the next step (less memory)
   c.loss = "smooth_l1"          # Listing 1; "mse" is Eq. 5
   c.alpha = ml_collections.ConfigDict(dict(init=0.1, learnable=True))
   # The ae_* / mae baselines' light decoder (MAE's ViT-B/L decoder: 512 wide, 8 deep).
@@ -237,7 +256,7 @@ def set_task(c: ml_collections.ConfigDict, task: str) -> None:
   if task in (SORTING, AE_PREFIX + SORTING):
     c.model.posemb = "sincos2d" if task == SORTING else "none"
     c.loss = "mse"
-    c.task_kwargs = ml_collections.ConfigDict(dict(keep_ratio=0.5, edge_mask=True))
+    c.task_kwargs = ml_collections.ConfigDict(sorting.DEFAULTS)
   elif task == MAE:
     c.task_kwargs = ml_collections.ConfigDict(dict(mask_ratio=0.75))
 

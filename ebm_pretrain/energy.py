@@ -72,33 +72,53 @@ def restore(energy_fn: EnergyFn, params: Params, x0: Array, alpha: Array,
   (float64 for float64 inputs).
 
   The loop is a ``lax.fori_loop`` with static bounds (so reverse mode works).
-  ``unroll=True`` unrolls it fully: at N=2 on CPU that was ~2x faster and took
-  about half the peak memory of the rolled loop (README, Performance), because
-  XLA can then fuse and schedule across steps and need not keep loop-carried
-  buffers for the backward pass. ``unroll=False`` keeps one compiled step body,
-  which compiles faster for large N. ``remat=True`` wraps each step's input
-  gradient in ``jax.checkpoint``: the outer backward pass recomputes it instead
-  of storing its residuals.
+  ``unroll=True`` unrolls it fully, so XLA can fuse and schedule across steps;
+  ``unroll=False`` keeps one compiled step body, which compiles faster for large
+  N and, under :func:`restoration_value_and_grad`, needs less memory (README,
+  Performance). ``remat=True`` wraps each step's input gradient in
+  ``jax.checkpoint``: the outer backward pass recomputes it instead of storing
+  its residuals.
   """
-  if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
-    raise ValueError(f"num_steps must be a Python int >= 1, got {num_steps!r}")
+  _check_num_steps(num_steps)
   dtype = _restoration_dtype(jnp.asarray(x0).dtype)
   x0 = jnp.asarray(x0, dtype)
   alpha = jnp.asarray(alpha, dtype)
 
+  step = _descent_step(energy_fn, remat)
+
+  def body(n, carry):
+    x, chain = carry
+    x = step(params, alpha, x)
+    return x, chain.at[n].set(x)
+
+  chain = jnp.zeros((num_steps,) + x0.shape, dtype)
+  _, chain = lax.fori_loop(0, num_steps, body, (x0, chain), unroll=bool(unroll))
+  return chain
+
+
+def _check_problem(loss: str, x0: Array, x_clean: Array, num_steps: int) -> None:
+  if loss not in LOSSES:
+    raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+  if x0.shape != x_clean.shape:
+    raise ValueError(f"corrupted shape {x0.shape} != clean shape {x_clean.shape}")
+  _check_num_steps(num_steps)
+
+
+def _check_num_steps(num_steps) -> None:
+  if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
+    raise ValueError(f"num_steps must be a Python int >= 1, got {num_steps!r}")
+
+
+def _descent_step(energy_fn: EnergyFn, remat: bool):
+  """``(params, alpha, x) -> SG(x) - alpha ∇ₓE(params, SG(x))``: one step of Eq. 5."""
   grad_x = lambda p, x: input_gradient(energy_fn, p, x)
   if remat:
     grad_x = jax.checkpoint(grad_x)
 
-  def step(n, carry):
-    x, chain = carry
+  def step(params, alpha, x):
     x = lax.stop_gradient(x)  # Eq. 5: SG between consecutive steps.
-    x = x - alpha * grad_x(params, x)
-    return x, chain.at[n].set(x)
-
-  chain = jnp.zeros((num_steps,) + x0.shape, dtype)
-  _, chain = lax.fori_loop(0, num_steps, step, (x0, chain), unroll=bool(unroll))
-  return chain
+    return x - alpha * grad_x(params, x)
+  return step
 
 
 # ----------------------------------------------------------------------------
@@ -137,10 +157,7 @@ def restoration_loss(energy_fn: EnergyFn, params: Params, alpha: Array,
   ``(loss, {"step_errors": [N], "restored": [N, *x0.shape]})`` for
   ``jax.value_and_grad(..., has_aux=True)``.
   """
-  if loss not in LOSSES:
-    raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
-  if x0.shape != x_clean.shape:
-    raise ValueError(f"corrupted shape {x0.shape} != clean shape {x_clean.shape}")
+  _check_problem(loss, x0, x_clean, num_steps)
   chain = restore(energy_fn, params, x0, alpha, num_steps, unroll=unroll, remat=remat)
   step_errors = jnp.stack([pixel_error(chain[n], x_clean, loss, weights)
                            for n in range(num_steps)])
@@ -148,3 +165,46 @@ def restoration_loss(energy_fn: EnergyFn, params: Params, alpha: Array,
   if with_aux:
     return total, {"step_errors": step_errors, "restored": chain}
   return total
+
+
+def restoration_value_and_grad(energy_fn: EnergyFn, split: Callable[[Params], tuple[Params, Array]],
+                               params: Params, x0: Array, x_clean: Array, num_steps: int, *,
+                               loss: str = "smooth_l1", unroll: bool = True, remat: bool = False,
+                               weights: Array | None = None):
+  """:func:`restoration_loss` and its gradient w.r.t. ``params``, one step at a time.
+
+  ``split(params) -> (energy params, alpha)`` maps the differentiated pytree (e.g.
+  ``{"model": ..., "log_alpha": ...}``) to the arguments of the energy and the
+  step size. Returns ``((loss, {"step_errors": [N]}), grads)``, the output of
+  ``jax.value_and_grad(..., has_aux=True)`` on the mean of the step errors.
+
+  Because of the stop-gradient between steps, step n's error depends on the
+  parameters only through step n, so the gradient of the mean is the mean of
+  the per-step gradients. Taking each step's gradient before the next step
+  starts (an ``optimization_barrier`` on the step's output and the accumulated
+  gradient) keeps one step's residuals of the double backward alive instead of
+  N: at ViT-S/16, 224px, batch 8, N=2 on CPU, the train step took 3.59 instead
+  of 4.71 GiB and was 1.25x faster (README, Performance). Same FLOPs.
+  """
+  _check_problem(loss, x0, x_clean, num_steps)
+  dtype = _restoration_dtype(jnp.asarray(x0).dtype)
+  step = _descent_step(energy_fn, remat)
+
+  def step_error(params, x):
+    energy_params, alpha = split(params)
+    x = step(energy_params, jnp.asarray(alpha, dtype), x)
+    return pixel_error(x, x_clean, loss, weights), x
+  error_and_grad = jax.value_and_grad(step_error, has_aux=True)
+
+  def body(n, carry):
+    x, grads, errors = carry
+    (err, x), g = error_and_grad(params, x)
+    grads = jax.tree.map(lambda a, b: a + b / num_steps, grads, g)
+    x, grads = lax.optimization_barrier((x, grads))  # step n's backward before step n+1
+    return x, grads, errors.at[n].set(err)
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  errors = jnp.zeros((num_steps,), dtype)
+  _, grads, errors = lax.fori_loop(0, num_steps, body, (jnp.asarray(x0, dtype), zeros, errors),
+                                   unroll=bool(unroll))
+  return (jnp.mean(errors), {"step_errors": errors}), grads

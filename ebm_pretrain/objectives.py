@@ -7,6 +7,8 @@ batch, and its held-out evaluation:
   init(rng, images) -> params
   init_model_state(rng, images) -> non-trained variables (BatchNorm statistics), or {}
   loss(params, model_state, batch, rng) -> (loss, (metrics, new model_state))
+  value_and_grad(params, model_state, batch, rng) -> ((loss, (metrics, state)), grads)
+      (optional; default jax.value_and_grad(loss, has_aux=True))
   eval_sums(params, model_state, batch, rng) -> per-batch sums, with "count"
   eval_summary(totals) -> {"eval/...": value}
   frozen(path) -> whether the optimizer leaves a parameter alone
@@ -69,6 +71,45 @@ class _EnergyModelObjective:
   def alpha(self, params):
     return energy.alpha_from_log(params["log_alpha"])
 
+  def _split(self, params):
+    return params["model"], self.alpha(params)
+
+  # A subclass defines its restoration problem: (energy_fn, start, target, loss name).
+  def _restoration(self, batch, rng):
+    raise NotImplementedError
+
+  def _with_metrics(self, params, start, target, loss, aux, batch, model_state):
+    metrics = {"alpha": self.alpha(params),
+               "corrupted_error": energy.pixel_error(start, target, loss, batch["valid"])}
+    metrics.update({f"step_error_{n + 1}": e for n, e in enumerate(aux["step_errors"])})
+    return metrics, model_state
+
+  def _kwargs(self, loss, batch):
+    c = self.config
+    return dict(loss=loss, unroll=c.unroll, remat=c.get("inner_remat", False),
+                weights=batch["valid"].astype(jnp.float32))
+
+  def loss(self, params, model_state, batch, rng):
+    """The mean restoration error over the N steps (one jax.value_and_grad over all)."""
+    energy_fn, start, target, loss = self._restoration(batch, rng)
+    total, aux = energy.restoration_loss(energy_fn, *self._split(params), start, target,
+                                         self.config.inner_steps, with_aux=True,
+                                         **self._kwargs(loss, batch))
+    return total, self._with_metrics(params, start, target, loss, aux, batch, model_state)
+
+  def value_and_grad(self, params, model_state, batch, rng):
+    """``jax.value_and_grad(self.loss, has_aux=True)``; with ``config.stepwise_grads``
+    each step's gradient is taken before the next step runs (same value and
+    gradient, less memory: ``energy.restoration_value_and_grad``)."""
+    if not self.config.get("stepwise_grads", True):
+      return jax.value_and_grad(self.loss, has_aux=True)(params, model_state, batch, rng)
+    energy_fn, start, target, loss = self._restoration(batch, rng)
+    (total, aux), grads = energy.restoration_value_and_grad(
+        energy_fn, self._split, params, start, target, self.config.inner_steps,
+        **self._kwargs(loss, batch))
+    return (total, self._with_metrics(params, start, target, loss, aux, batch,
+                                      model_state)), grads
+
 
 @dataclasses.dataclass
 class EnergyObjective(_EnergyModelObjective):
@@ -79,19 +120,9 @@ class EnergyObjective(_EnergyModelObjective):
     self.energy_fn = models.energy_fn_of(self.model)
     self.corrupt = config_lib.make_corruption(self.config)
 
-  def loss(self, params, model_state, batch, rng):
-    c = self.config
+  def _restoration(self, batch, rng):
     x = batch["image"]
-    x0 = self.corrupt(rng, x)
-    loss, aux = energy.restoration_loss(
-        self.energy_fn, params["model"], self.alpha(params), x0, x, c.inner_steps,
-        loss=c.loss, unroll=c.unroll, remat=c.get("inner_remat", False),
-        weights=batch["valid"].astype(jnp.float32),
-        with_aux=True)
-    corrupted_error = energy.pixel_error(x0, x, c.loss, batch["valid"])
-    metrics = {"alpha": self.alpha(params), "corrupted_error": corrupted_error}
-    metrics.update({f"step_error_{n + 1}": e for n, e in enumerate(aux["step_errors"])})
-    return loss, (metrics, model_state)
+    return self.energy_fn, self.corrupt(rng, x), x, self.config.loss
 
   def visualize(self, params, batch, rng) -> dict[str, jax.Array]:
     """Corrupted input, each restoration step, and the original (normalised)."""
@@ -135,7 +166,7 @@ class SortingObjective(_EnergyModelObjective):
 
   def __post_init__(self):
     super().__post_init__()
-    self.kwargs = dict(dict(keep_ratio=0.5, edge_mask=True), **self.config.task_kwargs)
+    self.kwargs = sorting.settings(self.config.task_kwargs)
 
   def _problem(self, images, rng):
     """(energy_fn over the kept tokens' embeddings, shuffled start, true, kept indices,
@@ -152,17 +183,9 @@ class SortingObjective(_EnergyModelObjective):
       return self.model.apply({"params": model_params}, images, posemb=pe, keep=keep)
     return energy_fn, start, true, keep, posemb
 
-  def loss(self, params, model_state, batch, rng):
+  def _restoration(self, batch, rng):
     energy_fn, start, true, _, _ = self._problem(batch["image"], rng)
-    w = batch["valid"].astype(jnp.float32)
-    loss, aux = energy.restoration_loss(
-        energy_fn, params["model"], self.alpha(params), start, true, self.config.inner_steps,
-        loss="mse", unroll=self.config.unroll, remat=self.config.get("inner_remat", False),
-        weights=w, with_aux=True)
-    metrics = {"alpha": self.alpha(params),
-               "corrupted_error": energy.pixel_error(start, true, "mse", batch["valid"])}
-    metrics.update({f"step_error_{n + 1}": e for n, e in enumerate(aux["step_errors"])})
-    return loss, (metrics, model_state)
+    return energy_fn, start, true, "mse"
 
   def eval_sums(self, params, model_state, batch, rng):
     """Per stage (shuffled, each step): summed embedding MSE and the fraction of

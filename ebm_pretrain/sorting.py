@@ -15,6 +15,15 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
+# Appendix A.2's regularisers, the defaults of ``config.task_kwargs`` for
+# ``task=sorting`` and ``task=ae_sorting``.
+DEFAULTS = dict(keep_ratio=0.5, edge_mask=True)
+
+
+def settings(task_kwargs) -> dict:
+  """The regularisers' settings: ``task_kwargs`` over :data:`DEFAULTS`."""
+  return dict(DEFAULTS, **task_kwargs)
+
 
 def edge_mask(rng, images: Array, patch: int, fill: float = 0.0) -> Array:
   """Zeroes (sets to ``fill``) the k outermost pixels of every ``patch`` x

@@ -99,12 +99,18 @@ def total_steps_of(config, num_examples: int) -> tuple[int, float]:
 # ----------------------------------------------------------------------------
 # The update.
 # ----------------------------------------------------------------------------
-def accumulate_gradients(loss_fn, params, model_state, batch, rng, steps: int):
+def value_and_grad_of(objective):
+  """The objective's own gradient computation if it has one, else autodiff of its loss."""
+  return getattr(objective, "value_and_grad", None) or jax.value_and_grad(
+      objective.loss, has_aux=True)
+
+
+def accumulate_gradients(grad_fn, params, model_state, batch, rng, steps: int):
   """Mean loss, metrics and gradients over ``steps`` equal micro-batches, run one
   after the other (``lax.scan``): the recipe's batch on fewer or smaller devices.
   Micro-batch j holds examples j, j + steps, ..., so that every device keeps an
-  equal share of each micro-batch and nothing moves between devices."""
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  equal share of each micro-batch and nothing moves between devices. ``grad_fn``
+  is :func:`value_and_grad_of` an objective."""
   if steps == 1:
     (loss, (metrics, model_state)), grads = grad_fn(params, model_state, batch, rng)
     return loss, metrics, model_state, grads
@@ -126,11 +132,13 @@ def accumulate_gradients(loss_fn, params, model_state, batch, rng, steps: int):
 
 def make_train_step(objective, tx, schedule, mean, std, accum_steps: int = 1):
   """``(state, batch) -> (state, metrics)``: one optimizer step on a uint8 batch."""
+  grad_fn = value_and_grad_of(objective)
+
   def train_step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
     batch = dict(batch, image=normalize(batch["image"], mean, std))
     loss, aux, model_state, grads = accumulate_gradients(
-        objective.loss, state["params"], state["model_state"], batch, rng, accum_steps)
+        grad_fn, state["params"], state["model_state"], batch, rng, accum_steps)
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     out = {"loss": loss, "grad_norm": optax.tree.norm(grads),

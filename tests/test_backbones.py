@@ -181,12 +181,15 @@ def test_energy_loss_falls_on_a_fixed_batch(name):
   assert losses[-1] < 0.9 * min(losses[0], corrupted), (corrupted, losses)
 
 
-@pytest.fixture(scope="module", params=["convnext", "swin"])
-def family_pretrain(request, tmp_path_factory):
-  wd = str(tmp_path_factory.mktemp(f"{request.param}_pre") / "run")
-  run_main(f"configs/tiny.py:model={request.param},steps=2", wd, "--config.eval_examples=0",
+@pytest.fixture(scope="module")
+def family_pretrain(tmp_path_factory):
+  """A ConvNeXt pretraining through the CLI. (Swin takes the same registry and
+  trainer path; its model is covered above: one family end-to-end keeps the
+  suite within its time budget.)"""
+  wd = str(tmp_path_factory.mktemp("convnext_pre") / "run")
+  run_main("configs/tiny.py:model=convnext,steps=2", wd, "--config.eval_examples=0",
            "--config.image_every=100")
-  return request.param, wd
+  return "convnext", wd
 
 
 def test_pretrain_then_finetune_through_the_cli(family_pretrain, tmp_path):
@@ -205,9 +208,7 @@ def test_pretrain_then_finetune_through_the_cli(family_pretrain, tmp_path):
 
 
 def test_a_convnext_checkpoint_into_a_vit_config_is_a_clear_error(family_pretrain, tmp_path):
-  name, pre = family_pretrain
-  if name != "convnext":
-    pytest.skip("one family is enough")
+  _, pre = family_pretrain
   proc = run_main("configs/tiny_finetune.py", str(tmp_path / "ft"), f"--config.init={pre}",
                   check=False)
   assert proc.returncode == 2, proc.stderr[-2000:]

@@ -114,8 +114,8 @@ def test_gradient_accumulation_equals_one_big_batch():
            "label": jnp.asarray(rng.integers(0, 4, 8), jnp.int32),
            "valid": jnp.ones((8,), bool)}
   key = jax.random.PRNGKey(1)
-  loss1, m1, _, g1 = train.accumulate_gradients(obj.loss, params, {}, batch, key, 1)
-  loss4, m4, _, g4 = train.accumulate_gradients(obj.loss, params, {}, batch, key, 4)
+  loss1, m1, _, g1 = train.accumulate_gradients(train.value_and_grad_of(obj), params, {}, batch, key, 1)
+  loss4, m4, _, g4 = train.accumulate_gradients(train.value_and_grad_of(obj), params, {}, batch, key, 4)
   np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
   assert_trees_close(g4, g1, rtol=1e-4, atol=1e-7)
 

@@ -45,10 +45,12 @@ def test_tiny_vit_learns_to_denoise():
   eval_loss = jax.jit(loss_fn)
   loss_before = float(eval_loss(params, eval_x0))
   opt_state = opt.init(params)
-  for i in range(50):
+  # The loss plateaus, then falls: measured 0.255 -> 0.12-0.13 by step 120 (the
+  # plateau ended between steps 50 and 90 in different runs and device counts).
+  for i in range(120):
     params, opt_state, _ = train_step(params, opt_state, jax.random.fold_in(jax.random.key(2), i))
   loss_after = float(eval_loss(params, eval_x0))
-  assert loss_after < 0.95 * loss_before, (loss_before, loss_after)
+  assert loss_after < 0.8 * loss_before, (loss_before, loss_after)
 
   chain = energy.restore(energy_fn, params["model"], eval_x0,
                          energy.alpha_from_log(params["log_alpha"]), 2)

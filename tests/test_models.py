@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from ebm_pretrain import energy, models
+from helpers import assert_trees_close
 
 
 def n_params(tree):
@@ -84,10 +85,10 @@ def test_compute_dtype_separate_from_param_dtype():
   fn16 = models.energy_fn_of(m)
   m32 = models.get_energy_model("vit", "mu/4", dtype=jnp.float32, param_dtype=jnp.float32)
   fn32 = models.energy_fn_of(m32)
-  chain16 = energy.restore(fn16, params, x, 1.0, 2)
-  chain32 = energy.restore(fn32, params, x, 1.0, 2)
+  chain16 = jax.jit(lambda p: energy.restore(fn16, p, x, 1.0, 2))(params)
+  chain32 = jax.jit(lambda p: energy.restore(fn32, p, x, 1.0, 2))(params)
   assert chain16.dtype == jnp.float32
-  loss16 = energy.restoration_loss(fn16, params, 1.0, x, x * 0.5, 2)
+  loss16 = jax.jit(lambda p: energy.restoration_loss(fn16, p, 1.0, x, x * 0.5, 2))(params)
   assert loss16.dtype == jnp.float32
   assert float(jnp.abs(chain16 - chain32).max()) < 0.05 * float(jnp.abs(chain32 - x).max()) + 1e-2
 
@@ -119,7 +120,32 @@ def test_remat_leaves_the_energy_gradient_unchanged(policy):
   remat = models.get_energy_model("vit", "mu/4", dtype=jnp.float32, param_dtype=jnp.float32,
                                   remat=policy)
   params = plain.init(jax.random.key(1), x)["params"]
-  grad = lambda m: jax.grad(lambda p: energy.restoration_loss(
-      models.energy_fn_of(m), p, 0.5, x, x * 0.3, 2))(params)
+  grad = lambda m: jax.jit(jax.grad(lambda p: energy.restoration_loss(
+      models.energy_fn_of(m), p, 0.5, x, x * 0.3, 2)))(params)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                grad(plain), grad(remat))
+
+
+@pytest.mark.parametrize("patch,channels,hw", [(16, 3, (32, 48)), (4, 5, (13, 9)), (2, 8, (8, 8))])
+def test_patch_conv_is_the_strided_convolution(patch, channels, hw):
+  """PatchConv (the patch embeddings' matmul form) has nn.Conv's parameters,
+  initial values, output, input gradient and second derivative: checkpoints and
+  results do not depend on which one computed them."""
+  import flax.linen as nn
+  from ebm_pretrain.models.layers import PatchConv
+  x = jax.random.normal(jax.random.key(0), (2,) + hw + (channels,))
+  conv = nn.Conv(8, (patch, patch), strides=(patch, patch), padding="VALID")
+  matmul = PatchConv(8, patch)
+  variables = conv.init(jax.random.key(1), x)
+  assert_trees_close(matmul.init(jax.random.key(1), x), variables, rtol=0, atol=0)
+  w = jax.random.normal(jax.random.key(2), (8,))
+
+  def second_order(module):  # d/dkernel of |x - grad_x E|^2, E = sum tanh(conv(x)) @ w
+    def loss(v):
+      gx = jax.grad(lambda x: jnp.sum(jnp.tanh(module.apply(v, x)) @ w))(x)
+      return jnp.sum((x - 0.1 * gx) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(variables)
+  np.testing.assert_allclose(matmul.apply(variables, x), conv.apply(variables, x), rtol=1e-5, atol=1e-5)
+  (l_m, g_m), (l_c, g_c) = second_order(matmul), second_order(conv)
+  np.testing.assert_allclose(l_m, l_c, rtol=1e-5)
+  assert_trees_close(g_m, g_c, rtol=1e-4, atol=1e-5)

@@ -14,7 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from ebm_pretrain.models.layers import DropPath, check_images, drop_path_rates
+from ebm_pretrain.models.layers import DropPath, PatchConv, check_images, drop_path_rates
 
 Dtype = Any
 
@@ -102,8 +102,7 @@ class Downsample(nn.Module):
   @nn.compact
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    conv = nn.Conv(self.dim, (self.patch,) * 2, strides=(self.patch,) * 2, padding="VALID",
-                   name="conv", **_dense_init(), **kw)
+    conv = PatchConv(self.dim, self.patch, name="conv", **_dense_init(), **kw)
     norm = nn.LayerNorm(epsilon=1e-6, name="norm", **kw)
     return norm(conv(x)) if self.stem else conv(norm(x))
 

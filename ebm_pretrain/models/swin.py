@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ebm_pretrain.models import layers
-from ebm_pretrain.models.layers import DropPath, drop_path_rates
+from ebm_pretrain.models.layers import DropPath, PatchConv, drop_path_rates
 
 Dtype = Any
 
@@ -242,8 +242,8 @@ class Swin(nn.Module):
     check_images(self.variant, images)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     p = cfg["patch"]
-    x = nn.Conv(cfg["embed_dim"], (p, p), strides=(p, p), padding="VALID", name="patch_embed",
-                kernel_init=nn.initializers.truncated_normal(0.02), **kw)(images.astype(self.dtype))
+    x = PatchConv(cfg["embed_dim"], p, name="patch_embed",
+                  kernel_init=nn.initializers.truncated_normal(0.02), **kw)(images.astype(self.dtype))
     x = nn.LayerNorm(epsilon=1e-5, name="patch_embed_norm", **kw)(x)
     depths = cfg["depths"]
     rates = drop_path_rates(self.drop_path, depths)

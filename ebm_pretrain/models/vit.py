@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ebm_pretrain.models.layers import DropPath
+from ebm_pretrain.models.layers import DropPath, PatchConv
 
 Dtype = Any
 
@@ -207,8 +207,8 @@ class ViT(nn.Module):
       raise ValueError(f"unknown pool {self.pool!r}; valid: 'tok', 'gap'")
     gh, gw = self.patch_grid(images.shape[1:3])
     p, width = cfg["patch_size"], cfg["width"]
-    x = nn.Conv(width, (p, p), strides=(p, p), padding="VALID", name="embedding",
-                dtype=self.dtype, param_dtype=self.param_dtype)(images.astype(self.dtype))
+    x = PatchConv(width, p, name="embedding", dtype=self.dtype,
+                  param_dtype=self.param_dtype)(images.astype(self.dtype))
     x = x.reshape(x.shape[0], gh * gw, width)
     if posemb is None:
       x = x + self.position_embedding(gh, gw, width).astype(self.dtype)
