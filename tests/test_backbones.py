@@ -226,7 +226,15 @@ def test_from_init_without_init_is_a_clear_error():
       name="convnext", variant="T", drop_path=0.0)
 
 
-def test_the_readme_custom_backbone_example_trains_and_decays():
+@pytest.fixture
+def scratch_registry(monkeypatch):
+  """The backbone registry as it was before the test (the README example
+  registers a backbone; other tests list the registry)."""
+  for name in ("_BACKBONES", "_LAYER_IDS", "_FINETUNE"):
+    monkeypatch.setattr(models, name, dict(getattr(models, name)))
+
+
+def test_the_readme_custom_backbone_example_trains_and_decays(scratch_registry):
   from ebm_pretrain import objectives
   from helpers import ROOT
   readme = open(os.path.join(ROOT, "README.md")).read()

@@ -167,19 +167,14 @@ def test_stepwise_gradient_equals_the_joint_one(n, unroll, remat):
 def test_stepwise_gradient_keeps_fewer_buffers_alive():
   """XLA's own accounting of the compiled step (no timing): the per-step gradient
   holds one step's double-backward residuals at a time, the joint one all N."""
-  from ebm_pretrain import models
-  model = models.get_energy_model("vit", "mu/4", dtype=jnp.float32, param_dtype=jnp.float32)
-  efn = models.energy_fn_of(model)
-  clean = jax.random.normal(jax.random.key(12), (8, 32, 32, 3))
-  x0 = clean * (jax.random.uniform(jax.random.key(13), (8, 32, 32, 1)) > 0.5)
-  params = {"model": model.init(jax.random.key(14), clean[:1])["params"],
-            "log_alpha": jnp.zeros(())}
-  split = lambda p: (p["model"], energy.alpha_from_log(p["log_alpha"]))
-  joint = jax.value_and_grad(lambda p: energy.restoration_loss(efn, *split(p), x0, clean, 2))
-  stepwise = lambda p: energy.restoration_value_and_grad(efn, split, p, x0, clean, 2)
+  params = {"w": mlp_params(jax.random.key(12), d=64, hidden=512), "log_alpha": jnp.zeros(())}
+  x0, clean = _batch(jax.random.key(13), b=512, d=64)
+  split = lambda p: (p["w"], energy.alpha_from_log(p["log_alpha"]))
+  joint = jax.value_and_grad(lambda p: energy.restoration_loss(mlp_energy, *split(p), x0, clean, 3))
+  stepwise = lambda p: energy.restoration_value_and_grad(mlp_energy, split, p, x0, clean, 3)
   temp = {name: jax.jit(f).lower(params).compile().memory_analysis().temp_size_in_bytes
           for name, f in (("joint", joint), ("stepwise", stepwise))}
-  assert temp["stepwise"] < 0.9 * temp["joint"], temp
+  assert temp["stepwise"] < 0.8 * temp["joint"], temp
 
 
 def test_chain_and_aux():

@@ -11,7 +11,7 @@ import pytest
 from helpers import ROOT, assert_trees_close, cli_env, latest_params, main_cmd, run_main
 
 # Long enough (each tiny step takes milliseconds) that a signal lands mid-run.
-STEPS = 120
+STEPS = 60
 OVERRIDES = (f"--config.total_steps={STEPS}", "--config.checkpoint_every=4",
              "--config.log_every=4", "--config.image_every=1000", "--config.eval_examples=0")
 

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 
 from ebm_pretrain import config_lib, models, objectives, sorting
-from helpers import load_config
+from helpers import assert_trees_close, load_config
 from test_learning import structured_images
 
 
@@ -88,9 +88,20 @@ def test_training_on_a_fixed_batch_sorts_the_embeddings():
   opt = optax.adamw(3e-3, b1=0.9, b2=0.95)
   rng = jax.random.key(7)  # the same shuffle and dropout every step: a fixed problem
 
+  # The trainer's gradient (config.stepwise_grads: one inner step at a time) is
+  # the loss's autodiff gradient, with the same loss and metrics.
+  assert c.stepwise_grads
+  (l_s, (m_s, _)), g_s = jax.jit(obj.value_and_grad)(params, {}, batch, rng)
+  (l_j, (m_j, _)), g_j = jax.jit(jax.value_and_grad(obj.loss, has_aux=True))(params, {}, batch, rng)
+  np.testing.assert_allclose(l_s, l_j, rtol=1e-6)
+  assert sorted(m_s) == sorted(m_j) and "step_error_2" in m_s
+  for k in m_s:
+    np.testing.assert_allclose(m_s[k], m_j[k], rtol=1e-6, err_msg=k)
+  assert_trees_close(g_s, g_j, rtol=1e-4, atol=1e-7)
+
   @jax.jit
   def step(p, s):
-    (loss, _), g = jax.value_and_grad(obj.loss, has_aux=True)(p, {}, batch, rng)
+    (loss, _), g = obj.value_and_grad(p, {}, batch, rng)
     u, s = opt.update(g, s, p)
     return optax.apply_updates(p, u), s, loss
 

@@ -75,29 +75,6 @@ def test_eight_devices_equal_one_device(tmp_path):
   assert max(jax.tree.leaves(moved)) > 1e-4
 
 
-def test_objective_stepwise_gradient_equals_autodiff_of_its_loss():
-  """The trainer's default (config.stepwise_grads) gives the loss, metrics and
-  gradient of jax.value_and_grad over the objective's loss. Sorting: its energy
-  closes over the regularised images (the pixel task's path is in
-  test_eight_devices_equal_one_device and tests/test_energy.py)."""
-  c = load_config("tiny", "task=sorting")
-  obj = train.objectives.get_objective(c)
-  rng = np.random.default_rng(0)
-  batch = {"image": jax.numpy.asarray(rng.normal(size=(4, 16, 16, 3)), jax.numpy.float32),
-           "valid": jax.numpy.asarray([True, True, False, True])}
-  params = obj.init(jax.random.PRNGKey(0), batch["image"][:1])
-  key = jax.random.PRNGKey(1)
-  assert c.stepwise_grads
-  (l_s, (m_s, _)), g_s = jax.jit(obj.value_and_grad)(params, {}, batch, key)
-  (l_j, (m_j, _)), g_j = jax.jit(jax.value_and_grad(obj.loss, has_aux=True))(params, {}, batch, key)
-  np.testing.assert_allclose(l_s, l_j, rtol=1e-6)
-  assert sorted(m_s) == sorted(m_j) and "step_error_2" in m_s
-  for k in m_s:
-    np.testing.assert_allclose(m_s[k], m_j[k], rtol=1e-6, err_msg=k)
-  assert_trees_close(g_s, g_j, rtol=1e-4, atol=1e-7)
-  assert max(float(np.abs(g).max()) for g in jax.tree.leaves(g_j)) > 1e-4
-
-
 def test_cli_run_writes_checkpoint_metrics_tensorboard_and_grids(tmp_path):
   wd = str(tmp_path / "run")
   proc = run_main("configs/tiny.py", wd, num_devices=2)
