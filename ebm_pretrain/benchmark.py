@@ -3,8 +3,8 @@
 In one process, after compiling, times (median over ``--steps`` rounds that
 call each step once, with ``block_until_ready``) the full energy training step,
 a plain supervised step (forward, backward, AdamW) and a forward pass of the
-same backbone and batch on one device, and reports img/s, step and compile time, XLA's memory analysis and
-peak RSS, XLA's FLOPs and the FLOP/s achieved, against the FLOP/s of a large
+same backbone and batch on one device, and reports img/s, step and compile
+time, XLA's memory analysis and peak RSS, XLA's FLOPs and the FLOP/s achieved, against the FLOP/s of a large
 matmul (the roofline) measured in the same run, plus the input pipeline's own
 img/s. Prints a table and writes JSON (``--output``). Each ``--variant`` (config
 overrides) adds an energy step timed in the same run, with its time and memory
@@ -44,17 +44,22 @@ def _rss_mib() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _seconds(fn: Callable[[], Any]) -> float:
+  """Wall time of one call, waiting for its results."""
+  import jax
+  t = time.perf_counter()
+  jax.block_until_ready(fn())
+  return time.perf_counter() - t
+
+
 def _time_interleaved(fns: dict[str, Callable[[], Any]], steps: int) -> dict[str, float]:
   """Median seconds of each function over ``steps`` rounds, one call of each per
   round: a drift in the machine's speed (other jobs, clocks) then hits every
   measurement alike, so their ratios hold even when absolute times move."""
-  import jax
   times = {name: [] for name in fns}
   for _ in range(steps):
     for name, fn in fns.items():
-      t = time.perf_counter()
-      jax.block_until_ready(fn())
-      times[name].append(time.perf_counter() - t)
+      times[name].append(_seconds(fn))
   return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -79,13 +84,8 @@ def roofline(n: int, dtype, reps: int = 10) -> float:
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   f = jax.jit(lambda a, b: a @ b)
-  jax.block_until_ready(f(a, b))
-  best = float("inf")
-  for _ in range(reps):
-    t = time.perf_counter()
-    jax.block_until_ready(f(a, b))
-    best = min(best, time.perf_counter() - t)
-  return 2 * n ** 3 / best
+  _seconds(lambda: f(a, b))  # compile
+  return 2 * n ** 3 / min(_seconds(lambda: f(a, b)) for _ in range(reps))
 
 
 def measure_steps(config, steps: int, matmul_size: int,
