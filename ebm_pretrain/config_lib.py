@@ -110,6 +110,14 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
   c.eval_every = 0              # steps; 0: only at the end of the run
   c.best_metric = ""            # e.g. "eval/top1": also keep the best checkpoint in best/
+  c.best_mode = "max"           # or "min" (a loss)
+  # Failure handling (README): a resumed run with another config is refused
+  # unless this is set (the changes are then recorded); a stalled energy run is
+  # reported after this many log steps (0: never); a workdir's lock whose
+  # heartbeat is older than this (seconds) belongs to a lost run.
+  c.allow_config_change = False
+  c.stall_log_steps = 5
+  c.lock_stale_seconds = 300
   return c
 
 
@@ -371,7 +379,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
       _fail("loss", f"{config.loss!r}; valid: {', '.join(energy.LOSSES)}")
     if not config.alpha.init > 0:
       _fail("alpha.init", f"must be positive, got {config.alpha.init}")
-  if config.batch_size < 1 or config.batch_size % num_devices:
+  if not isinstance(config.batch_size, int) or config.batch_size < 1:
+    _fail("batch_size", f"must be a positive int, got {config.batch_size!r}")
+  if config.batch_size % num_devices:
     _fail("batch_size", f"{config.batch_size} is not divisible by the number of devices "
           f"({num_devices})")
   accum = config.get("grad_accum_steps", 1)

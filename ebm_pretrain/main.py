@@ -5,6 +5,7 @@ Parses flags, sets up multi-process JAX when asked, and calls the trainer.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -37,23 +38,76 @@ def _init_distributed():
   jax.distributed.initialize(**kwargs)
 
 
+# Exit statuses (README, "Failure handling").
+EXIT_BAD_INPUT = 2   # config, data, workdir or checkpoint: one line says what is wrong
+EXIT_DIVERGED = 3    # non-finite loss or state: nothing bad saved, the newest checkpoint intact
+EXIT_INTERRUPTED = 130  # a second Ctrl-C, or Ctrl-C before the first step: nothing saved
+
+
+def _fail(msg: str, status: int = EXIT_BAD_INPUT):
+  print(f"error: {msg}", file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def _flag_error_line(e: Exception, argv: list[str]) -> str:
+  """One line from absl/ml_collections' flag errors, which embed a traceback or
+  a repr'd exception in their text."""
+  text = str(e)
+  m = re.search(r'Did you mean "([\w.]+)" instead of "([\w.]+)"', text)
+  if m:
+    return f"config key {m.group(2)!r} does not exist; did you mean {m.group(1)!r}?"
+  m = re.search(r"Unknown command line flag '(config\.[\w.]+)'", text)
+  if m:
+    return f"--{m.group(1)}: no such config key"
+  m = re.fullmatch(r"""["']+([\w.]+)["']+""", text.strip())
+  if m:  # a KeyError's repr: the override named a key that does not exist
+    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.")
+                 and a.split("=")[0].endswith(f".{m.group(1)}")), m.group(1))
+    return f"{flag}: no such config key"
+  if "No such file or directory" in text:
+    m = re.search(r"Attempted \[.*?\]:\s*(\S+)", text) or re.search(r"--config=([^:\s]+)", text)
+    return f"config file {m.group(1) if m else '?'} not found"
+  # The innermost "SomeError: message" line of an embedded traceback.
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  errors = [l for l in lines if re.match(r"^[\w.]*(Error|Exception): ", l)]
+  if errors:
+    return errors[-1].split(": ", 1)[1]
+  return lines[0] if lines else type(e).__name__
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with any error as one line and exit 2 (a misspelt
+  config key, a missing config file, a bad config argument)."""
+  try:
+    rest = flags.FLAGS(argv)
+    if _CONFIG.value is not None:
+      _CONFIG.value.get("model")  # a config file that failed to load raises here
+    return rest
+  except Exception as e:  # pylint: disable=broad-except  (flag errors, and the config file's own)
+    _fail(_flag_error_line(e, argv))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
-  from ebm_pretrain import checkpoints, config_lib, train
+  from ebm_pretrain import checkpoints, config_lib, train, workdir
   from ebm_pretrain.data.sources import DataSourceError
   _init_distributed()
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (DataSourceError, config_lib.ConfigError, checkpoints.CheckpointError,
-          train.NonFiniteLossError) as e:
-    # Errors with a message that says what to do: no stack trace.
-    logging.error("%s", e)
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+          workdir.WorkdirError) as e:
+    _fail(str(e))  # a message that says what to do: no stack trace
+  except (train.NonFiniteLossError, checkpoints.NonFiniteStateError) as e:
+    _fail(str(e), EXIT_DIVERGED)
+  except train.RunStopped:
+    sys.exit(train.EXIT_STOPPED)  # the loop printed what happened
+  except KeyboardInterrupt:
+    _fail("interrupted (Ctrl-C) before a checkpoint could be saved; rerun to resume from "
+          "the newest one", EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

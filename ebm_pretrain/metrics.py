@@ -2,6 +2,7 @@
 TensorFlow), restoration grids as PNG, a console line and an optional bar."""
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -11,24 +12,29 @@ import time
 import numpy as np
 from PIL import Image
 
+from ebm_pretrain import fs
+
 
 class MetricWriter:
-  """Writes only on the primary process; the others get a no-op writer."""
+  """Writes only on the primary process; the others get a no-op writer. Every
+  file goes through :mod:`ebm_pretrain.fs`, so a ``gs://`` workdir gets them."""
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
-    self.workdir = workdir
+    self.root = fs.path(workdir)
     if not enabled:
       return
     from tensorboardX import SummaryWriter
-    os.makedirs(os.path.join(workdir, "images"), exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    fs.register_tensorboard()
+    (self.root / "images").mkdir(parents=True, exist_ok=True)
+    self._jsonl = fs.AppendFile(self.root / "metrics.jsonl")
+    self._tb = SummaryWriter(os.fspath(self.root / "tensorboard"))
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:
       return
     self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+    self._jsonl.flush()
     for k, v in values.items():
       self._tb.add_scalar(k, v, step)
     self._tb.flush()
@@ -37,16 +43,54 @@ class MetricWriter:
     """uint8 [H, W, C]; returns the PNG path."""
     if not self.enabled:
       return None
-    path = os.path.join(self.workdir, "images", f"{name}_{step:08d}.png")
-    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(path)
+    path = self.root / "images" / f"{name}_{step:08d}.png"
+    buf = io.BytesIO()
+    Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
+    path.write_bytes(buf.getvalue())
     self._tb.add_image(name, image, step, dataformats="HWC")
     self._tb.flush()
-    return path
+    return os.fspath(path)
+
+  def flush(self) -> None:
+    """Everything written so far reaches the workdir (cloud files are otherwise
+    rewritten at most every half minute)."""
+    if self.enabled:
+      self._jsonl.flush(force=True)
+      self._tb.flush()
 
   def close(self):
     if self.enabled:
       self._jsonl.close()
       self._tb.close()
+
+
+class StallDetector:
+  """Energy pretraining that no longer restores: for ``patience`` log steps in a
+  row the last restoration step's error is no better than the corrupted
+  input's, while alpha is at its floor or the gradient is zero (a collapsed
+  run: alpha -> 0, nothing learns, the restored image is the corrupted one).
+  ``update`` returns a warning then; 0 turns it off."""
+  ALPHA_FLOOR = 1e-6
+  GRAD_FLOOR = 1e-10
+
+  def __init__(self, patience: int):
+    self.patience, self.count = patience, 0
+
+  def update(self, values: dict[str, float]) -> str | None:
+    steps = sorted((k for k in values if k.startswith("step_error_")),
+                   key=lambda k: int(k.rsplit("_", 1)[1]))
+    if self.patience <= 0 or not steps or "corrupted_error" not in values:
+      return None
+    restored, corrupted = values[steps[-1]], values["corrupted_error"]
+    alpha, grad = values.get("alpha", 1.0), values.get("grad_norm", 1.0)
+    stuck = alpha <= self.ALPHA_FLOOR or grad <= self.GRAD_FLOOR
+    self.count = self.count + 1 if stuck and restored >= corrupted * (1 - 1e-3) else 0
+    if self.count < self.patience:
+      return None
+    return (f"the run has stalled for {self.count} log steps: alpha {alpha:.3g}, grad_norm "
+            f"{grad:.3g}, restored error {restored:.4g} >= corrupted {corrupted:.4g}. It is "
+            "not learning; lower optim.base_lr or change alpha.init (stall_log_steps=0 "
+            "silences this)")
 
 
 def image_grid(columns: dict[str, np.ndarray], mean, std, pad: int = 2) -> np.ndarray:
@@ -92,6 +136,16 @@ class ConsoleReporter:
       self.bar.write(msg)
     else:
       logging.info(msg)
+      print(msg, flush=True)
+
+  def warn(self, msg: str) -> None:
+    if not self.enabled:
+      return
+    logging.warning(msg)
+    msg = f"WARNING: {msg}"
+    if self.bar is not None:
+      self.bar.write(msg)
+    else:
       print(msg, flush=True)
 
   def close(self):

@@ -9,6 +9,7 @@ would. Metrics stay on device until a log step.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -17,16 +18,15 @@ import signal
 import time
 from typing import Any
 
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ebm_pretrain import config_lib, metrics as metrics_lib, objectives
+from ebm_pretrain import checkpoints, config_lib, fs, metrics as metrics_lib, objectives
+from ebm_pretrain import workdir as workdir_lib
 from ebm_pretrain.data import pipeline, sources
 
 
@@ -130,8 +130,12 @@ def accumulate_gradients(grad_fn, params, model_state, batch, rng, steps: int):
   return jnp.mean(losses), jax.tree.map(jnp.mean, metrics), model_state, grads
 
 
+STATE_FINITE = "state_finite"  # a train step's flag: its new params and optimizer state are finite
+
+
 def make_train_step(objective, tx, schedule, mean, std, accum_steps: int = 1):
-  """``(state, batch) -> (state, metrics)``: one optimizer step on a uint8 batch."""
+  """``(state, batch) -> (state, metrics)``: one optimizer step on a uint8 batch;
+  ``metrics[STATE_FINITE]`` says whether the new state is finite."""
   grad_fn = value_and_grad_of(objective)
 
   def train_step(state, batch):
@@ -143,7 +147,10 @@ def make_train_step(objective, tx, schedule, mean, std, accum_steps: int = 1):
     params = optax.apply_updates(state["params"], updates)
     out = {"loss": loss, "grad_norm": optax.tree.norm(grads),
            "lr": schedule(state["step"]),
-           "skipped_images": jnp.sum(~batch["valid"]).astype(jnp.float32), **aux}
+           "skipped_images": jnp.sum(~batch["valid"]).astype(jnp.float32), **aux,
+           # Read before a checkpoint is saved (never a NaN state): one reduction
+           # here costs less than a separately compiled check.
+           STATE_FINITE: checkpoints.all_finite({"params": params, "opt": opt})}
     new_state = {"params": params, "model_state": model_state, "opt": opt,
                  "step": state["step"] + 1, "rng": state["rng"]}
     return new_state, out
@@ -153,22 +160,84 @@ def make_train_step(objective, tx, schedule, mean, std, accum_steps: int = 1):
 # ----------------------------------------------------------------------------
 # The run.
 # ----------------------------------------------------------------------------
+class RunStopped(RuntimeError):
+  """SIGTERM or SIGINT stopped the run after it saved a checkpoint; rerunning the
+  same command resumes it. ``main`` exits with ``EXIT_STOPPED``."""
+
+  def __init__(self, signame: str, step: int):
+    super().__init__(f"{signame}: checkpoint saved at step {step}; rerun the same command "
+                     "to resume")
+    self.signame, self.step = signame, step
+
+
+EXIT_STOPPED = 75  # sysexits EX_TEMPFAIL: stopped cleanly, checkpoint saved, rerun to resume
+
+
+def _stop_signals(nproc: int, stop: dict):
+  """Installs the handlers that ask the loop to save and stop; returns a function
+  that restores the previous ones. One process handles SIGTERM and SIGINT
+  itself. With several, all must stop at the same step: JAX's coordination
+  service (which jax.distributed hooks to SIGTERM) agrees on it through Orbax,
+  and SIGINT keeps its default."""
+  names = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "SIGINT"}
+  if nproc > 1:
+    return lambda: None
+
+  def handler(signum, frame):
+    if stop["signal"] == "SIGINT" and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: stop now, without saving
+    stop["signal"] = names[signum]
+  previous = {s: signal.signal(s, handler) for s in names}
+  return lambda: [signal.signal(s, h) for s, h in previous.items()]
+
+
+def _prepare_workdir(workdir: str, primary: bool) -> None:
+  """The workdir exists and can be written, or a WorkdirError says why not."""
+  try:
+    fs.check_backend(workdir)
+    root = fs.path(workdir)
+    if primary:
+      root.mkdir(parents=True, exist_ok=True)
+      probe = root / f".write_test.{os.getpid()}"
+      probe.write_text("")
+      probe.unlink()
+  except OSError as e:
+    raise workdir_lib.WorkdirError(f"cannot write to workdir {workdir}: "
+                                   f"{e.strerror or e}") from None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        devices=None) -> tuple[dict, dict[str, float]]:
   """Trains until ``total_steps`` (resuming from ``workdir`` if possible);
   returns the final train state and the last logged metrics. ``devices``
-  defaults to every device of every process."""
+  defaults to every device of every process. Raises RunStopped after saving
+  when SIGTERM/SIGINT asked the run to stop."""
   # == Setup ===================================================================
   devices = list(devices or jax.devices())
   nproc, pidx = jax.process_count(), jax.process_index()
   primary = pidx == 0
+  log = print if primary else (lambda *_, **__: None)
   config = config_lib.resolve_model(config)  # fine-tuning configs may take init's backbone
   config_lib.validate(config, len(devices), nproc)
-  os.makedirs(workdir, exist_ok=True)
-  if primary:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+  source = sources.get_train_source(config.data)  # bad data: an error before the workdir is touched
+  _prepare_workdir(workdir, primary)
+  with contextlib.ExitStack() as hold:  # released whatever happens below
+    if primary:  # one run per workdir
+      hold.enter_context(workdir_lib.WorkdirLock(
+          workdir, stale_after_s=config.get("lock_stale_seconds", 300), log=log))
+    ckpts = hold.enter_context(contextlib.closing(checkpoints.TrainCheckpoints(
+        workdir, keep=config.keep_checkpoints, best_metric=config.get("best_metric", ""),
+        best_mode=config.get("best_mode", "max"), log=log)))
+    # A resumed run must train with the config its checkpoints were made with.
+    workdir_lib.write_config(workdir, config, resuming_at=ckpts.manager.latest_step(),
+                             write=primary, log=log)
+    return _run(config, workdir, devices, source, ckpts, log)
 
+
+def _run(config, workdir, devices, source, ckpts, log):
+  """The rest of :func:`train_and_evaluate`, with the workdir held."""
+  nproc, pidx = jax.process_count(), jax.process_index()
+  primary = pidx == 0
   # == Mesh ====================================================================
   mesh = Mesh(np.asarray(devices), ("data",))
   replicated = NamedSharding(mesh, P())
@@ -176,7 +245,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
   # == Input ===================================================================
   d = config.data
-  source = sources.get_train_source(d)
   total_steps, steps_per_epoch = total_steps_of(config, len(source))
   train_ds = pipeline.make_train_dataset(
       source, global_batch=config.batch_size, num_batches=total_steps,
@@ -207,42 +275,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   state_shapes = jax.eval_shape(init_state, param_shapes)
   state_sharding = jax.tree.map(lambda _: replicated, state_shapes)
 
-  # == State & checkpoint ======================================================
-  # checkpoints/: the last ``keep_checkpoints`` steps, state + data iterator, to
-  # resume from. best/: with ``best_metric`` set, the one state (params and
-  # model state) with the best held-out metric so far.
-  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  manager = ocp.CheckpointManager(
-      ckpt_dir,
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True,
-                                           enable_async_checkpointing=True),
-      item_handlers={"state": ocp.StandardCheckpointHandler(),
-                     "data": grain.checkpoint.CheckpointHandler()})
-  best_metric = config.get("best_metric", "")
-  best_manager = None
-  if best_metric:
-    best_manager = ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "best"),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
-            best_mode=config.get("best_mode", "max"), keep_checkpoints_without_metrics=False),
-        item_handlers={"state": ocp.StandardCheckpointHandler()})
-  start = manager.latest_step()  # only finalised checkpoints are listed
-  if start is not None:
-    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                            state_shapes, state_sharding)
-    restored = manager.restore(start, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract),
-        data=grain.checkpoint.CheckpointRestore(train_iter)))
-    state = restored["state"]
-    logging.info("resumed from %s at step %d", ckpt_dir, start)
-    if primary:
-      print(f"Resuming from checkpoint step {start} in {ckpt_dir}", flush=True)
+  # == Restore or initialise ===================================================
+  abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                          state_shapes, state_sharding)
+  restored = ckpts.restore(abstract, train_iter)
+  if restored is not None:
+    start, state = restored
+    logging.info("resumed from %s at step %d", ckpts.dir, start)
+    log(f"Resuming from checkpoint step {start} in {ckpts.dir}", flush=True)
   else:
     start = 0
     params = jax.jit(objective.init)(init_rng, dummy)
     if config.get("init"):  # fine-tuning: the pretrained backbone, a fresh head
-      log = print if primary else (lambda *_: None)
       params = objective.init_from(jax.device_get(params), config.init, log=log)
     params = _replicate(params, replicated)
     state = jax.jit(init_state, out_shardings=state_sharding)(params)
@@ -269,29 +313,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def evaluate(step: int) -> dict[str, float]:
     ev = eval_fn(state["params"], state["model_state"])
     writer.scalars(step, ev)
-    if primary:
-      print(f"Eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()),
-            flush=True)
-    if best_manager is not None and step not in best_manager.all_steps():
-      # (A resumed run may repeat an evaluation whose result is already saved.)
-      best_manager.save(step, metrics=ev, args=ocp.args.Composite(state=ocp.args.StandardSave(
-          {"params": state["params"], "model_state": state["model_state"],
-           "step": state["step"]})))
+    log(f"Eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()),
+        flush=True)
+    ckpts.save_best(step, state, ev, finite=finite)
     return ev
 
   # == Loop ====================================================================
   writer = metrics_lib.MetricWriter(workdir, enabled=primary)
   console = metrics_lib.ConsoleReporter(total_steps, start, enabled=primary)
-  # Preemption: one process catches SIGTERM itself. With several processes all
-  # must stop at the same step, so JAX's coordination service (which
-  # jax.distributed hooks to SIGTERM) agrees on it through Orbax.
+  stall = metrics_lib.StallDetector(config.get("stall_log_steps", 5))
   stop = {"signal": None}
-  previous = signal.signal(signal.SIGTERM, lambda s, f: stop.update(signal=s)) if nproc == 1 else None
+  restore_signals = _stop_signals(nproc, stop)
 
   def save(step: int, unchecked: list[dict]):
-    _check_finite(unchecked, step)  # never checkpoint a non-finite state
-    manager.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(train_iter)))
+    _check_finite(unchecked, step, ckpts.manager.latest_step())
+    ckpts.save(step, state, train_iter, finite=finite)  # never a non-finite state
+    writer.flush()  # the metrics of a saved step reach the workdir with it
 
   pending: list[dict] = []
   last: dict[str, float] = {}
@@ -300,18 +337,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     for step in range(start + 1, total_steps + 1):
       batch = to_global(next(train_iter))
       state, m = train_step(state, batch)
+      finite = m.pop(STATE_FINITE)
       pending.append(m)
       console.update(step)
 
       if step % config.log_every == 0 or step == total_steps:
-        host = _check_finite(pending, step)
+        host = _check_finite(pending, step, ckpts.manager.latest_step())
         last = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
         last["skipped_images"] = float(np.sum([h["skipped_images"] for h in host]))
         dt = time.time() - t_log
         img_s = len(pending) * config.batch_size / max(dt, 1e-9)
         epoch = step / steps_per_epoch
+        warning = stall.update(last)
+        if warning:
+          last["stalled"] = 1.0
         writer.scalars(step, {**last, "epoch": epoch, "img_per_s": img_s})
         console.line(step, epoch, _console_fields(last), img_s)
+        if warning:
+          console.warn(f"step {step}: {warning}")
         pending, t_log = [], time.time()
 
       if hasattr(objective, "visualize") and (step % config.image_every == 0
@@ -319,53 +362,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         grids = jax.device_get(visualize(state["params"], batch, jax.random.fold_in(vis_rng, step)))
         path = writer.image(step, "restoration", metrics_lib.image_grid(grids, mean, std))
         if path and step == total_steps:
-          print(f"Restoration grid (corrupted | steps | original): {path}", flush=True)
+          log(f"Restoration grid (corrupted | steps | original): {path}", flush=True)
 
       if eval_fn is not None and eval_every and step % eval_every == 0 and step != total_steps:
         last.update(evaluate(step))
 
-      if nproc > 1 and manager.reached_preemption(step):
-        stop["signal"] = signal.SIGTERM
+      if nproc > 1 and ckpts.reached_preemption(step):
+        stop["signal"] = "SIGTERM"
       if step % config.checkpoint_every == 0 or step == total_steps or stop["signal"]:
         save(step, pending)
       if stop["signal"]:
-        manager.wait_until_finished()
-        logging.warning("SIGTERM: checkpoint saved at step %d, exiting", step)
-        print(f"Preempted (SIGTERM): checkpoint saved at step {step}; rerun to resume.",
-              flush=True)
-        return state, last
-    manager.wait_until_finished()
+        ckpts.wait()
+        log(f"Stopped ({stop['signal']}): checkpoint saved at step {step}; rerun the same "
+            f"command to resume (exit status {EXIT_STOPPED}).", flush=True)
+        raise RunStopped(stop["signal"], step)
+    ckpts.wait()
     if eval_fn is not None and total_steps > start:
       last.update(evaluate(total_steps))
-      if best_manager is not None and primary:
-        best_manager.wait_until_finished()
-        print(f"Best {best_metric}: step {best_manager.best_step()} in "
-              f"{os.path.join(os.path.abspath(workdir), 'best')}", flush=True)
+      if ckpts.best is not None:
+        ckpts.wait()
+        log(f"Best {ckpts.best_metric}: step {ckpts.best_step()} in {fs.name(workdir)}/best",
+            flush=True)
   finally:
-    if previous is not None:
-      signal.signal(signal.SIGTERM, previous)
-    manager.wait_until_finished()
-    manager.close()
-    if best_manager is not None:
-      best_manager.wait_until_finished()
-      best_manager.close()
+    restore_signals()
+    ckpts.wait()
     writer.close()
     console.close()
-  if primary:
-    print(f"Done: step {step}. Checkpoints: {ckpt_dir}  Metrics: "
-          f"{os.path.join(workdir, 'metrics.jsonl')}  TensorBoard: "
-          f"{os.path.join(workdir, 'tensorboard')}", flush=True)
+  log(f"Done: step {step}. Checkpoints: {ckpts.dir}  Metrics: "
+      f"{fs.path(workdir) / 'metrics.jsonl'}  TensorBoard: "
+      f"{fs.path(workdir) / 'tensorboard'}", flush=True)
   return state, last
 
 
-def _check_finite(pending: list[dict], step: int) -> list[dict]:
+def _check_finite(pending: list[dict], step: int, latest: int | None) -> list[dict]:
   host = jax.device_get(pending)
   for i, h in enumerate(host):
     if not np.isfinite(h["loss"]):
       bad = step - len(host) + i + 1
       raise NonFiniteLossError(
-          f"loss is {h['loss']} at step {bad}: stopping. The last checkpoint (before this "
-          "step) is intact; lower optim.base_lr or alpha.init, or set optim.grad_clip.")
+          f"loss is {h['loss']} at step {bad}: stopping. "
+          + (f"The newest checkpoint, step {latest}, is intact and finite"
+             if latest is not None else "No checkpoint was saved before it")
+          + "; lower optim.base_lr or alpha.init, or set optim.grad_clip.")
   return host
 
 

@@ -13,6 +13,7 @@
 #SBATCH --cpus-per-task=32
 #SBATCH --exclusive
 #SBATCH --signal=TERM@120
+#SBATCH --requeue
 set -euo pipefail
 
 repo_dir=${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
@@ -23,5 +24,12 @@ printf 'run:     srun python3 -m ebm_pretrain.main --distributed'
 if [[ $# -gt 0 ]]; then printf ' %q' "$@"; fi
 printf '\n'
 # --signal=TERM@120 sends SIGTERM two minutes before the time limit: the
-# trainer saves a checkpoint and exits; resubmitting resumes.
-srun --kill-on-bad-exit=1 python3 -m ebm_pretrain.main --distributed "$@"
+# trainer saves a checkpoint and exits with 75 (README, "Failure handling");
+# the job then requeues itself and the rerun resumes. Other failures end it.
+status=0
+srun --kill-on-bad-exit=1 python3 -m ebm_pretrain.main --distributed "$@" || status=$?
+if [[ $status -eq 75 && -n "${SLURM_JOB_ID:-}" ]]; then
+  echo "stopped with a checkpoint saved (exit 75): requeueing job ${SLURM_JOB_ID}"
+  scontrol requeue "${SLURM_JOB_ID}"
+fi
+exit "$status"

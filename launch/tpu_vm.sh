@@ -20,7 +20,9 @@ shift 2
 repo_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 jax_version=$(python3 -c 'import re,sys; print(re.search(r"\"jax==([^\"]+)\"", open(sys.argv[1]).read()).group(1))' "$repo_dir/pyproject.toml")
 main_args=$(printf '%q ' "$@")
-remote="cd ~/ebm_pretrain && pip install -q -e . 'jax[tpu]==${jax_version}' && python3 -m ebm_pretrain.main --distributed ${main_args}"
+# Exit 75: stopped by SIGTERM (maintenance, preemption) after saving a
+# checkpoint; run this script again with the same arguments to resume.
+remote="cd ~/ebm_pretrain && pip install -q -e '.[gcs]' 'jax[tpu]==${jax_version}' && python3 -m ebm_pretrain.main --distributed ${main_args}"
 
 echo "TPU VM:  $tpu (zone $zone), all workers"
 echo "copy:    $repo_dir -> ~/ebm_pretrain on every worker"

@@ -57,21 +57,32 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, reference):
   assert code == -signal.SIGKILL
   killed_at, _ = latest_params(wd)
   assert 8 <= killed_at < STEPS
+  # The killed run's lock is still there: stale (its process is gone), so the
+  # rerun takes it over instead of refusing.
+  assert os.path.exists(os.path.join(wd, "run.lock"))
   # A half-written checkpoint (as a crash mid-save leaves) is never picked up.
   junk = os.path.join(wd, "checkpoints", f"{STEPS - 1}.orbax-checkpoint-tmp")
   os.makedirs(os.path.join(junk, "state"))
   open(os.path.join(junk, "state", "garbage"), "w").write("half written")
   proc = run_main("configs/tiny.py", wd, *OVERRIDES)
   assert f"Resuming from checkpoint step {killed_at}" in proc.stdout
+  assert "Taking over a stale lock" in proc.stdout
   _assert_same_end(wd, reference)
 
 
-def test_sigterm_saves_and_rerun_equals_uninterrupted(tmp_path, reference):
-  wd = str(tmp_path / "preempted")
-  code, out, _ = _start_and_interrupt(wd, signal.SIGTERM, after_step=4)
-  assert code == 0 and "Preempted (SIGTERM): checkpoint saved at step" in out
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_saves_exits_75_and_rerun_equals_uninterrupted(tmp_path, reference, sig):
+  """SIGTERM (preemption) and SIGINT (Ctrl-C) save, then exit with 75 (EX_TEMPFAIL:
+  rerun to resume), which schedulers that requeue on failure requeue."""
+  wd = str(tmp_path / "stopped")
+  code, out, err = _start_and_interrupt(wd, sig, after_step=4)
+  name = signal.Signals(sig).name
+  assert code == 75, err[-2000:]
+  assert f"Stopped ({name}): checkpoint saved at step" in out
+  assert "Traceback" not in err
   saved = int(out.split("checkpoint saved at step ")[1].split(";")[0])
   assert latest_params(wd)[0] == saved < STEPS
+  assert not os.path.exists(os.path.join(wd, "run.lock"))
   proc = run_main("configs/tiny.py", wd, *OVERRIDES)
   assert f"Resuming from checkpoint step {saved}" in proc.stdout
   _assert_same_end(wd, reference)

@@ -15,6 +15,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from ebm_pretrain import fs
+
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -26,17 +28,39 @@ CLASSES = ["t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shi
 
 def read_idx(path: str) -> np.ndarray:
   """Reads a (gzipped) IDX file: magic 0x0000 | dtype 0x08 (uint8) | ndim, dims..."""
-  opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    data = f.read()
+  with fs.path(path).open("rb") as raw:
+    data = gzip.GzipFile(fileobj=raw).read() if str(path).endswith(".gz") else raw.read()
   if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
     raise ValueError(f"{path}: not a uint8 IDX file (bad magic {data[:4]!r})")
   ndim = data[3]
-  dims = np.frombuffer(data, ">u4", count=ndim, offset=4).astype(int)
+  dims = tuple(int(d) for d in np.frombuffer(data, ">u4", count=ndim, offset=4))
   body = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
   if body.size != int(np.prod(dims)):
-    raise ValueError(f"{path}: header says {tuple(dims)} but holds {body.size} bytes")
+    raise ValueError(f"{path}: truncated or corrupt: the header says {dims} "
+                     f"({int(np.prod(dims))} bytes) but it holds {body.size}")
   return body.reshape(dims)
+
+
+def _read_checked(path: str) -> np.ndarray:
+  try:
+    return read_idx(path)
+  except (OSError, EOFError) as e:  # a truncated gzip stream, an unreadable file
+    raise ValueError(f"{path}: truncated or corrupt: {e}") from None
+
+
+def check_files(idx_dir: str) -> None:
+  """Reads all four files: FileNotFoundError naming the missing ones, or
+  ValueError naming a truncated or corrupt one, before anything is built."""
+  missing = [f for pair in FILES.values() for f in pair if not (fs.path(idx_dir) / f).exists()]
+  if missing:
+    raise FileNotFoundError(
+        f"Fashion-MNIST IDX files missing in {idx_dir}: {', '.join(missing)}. "
+        "On Debian: `apt-get install dataset-fashion-mnist`, or set "
+        "--config.data.idx_dir to a directory holding them.")
+  for split, files in FILES.items():
+    images, labels = (_read_checked(os.path.join(idx_dir, f)) for f in files)
+    if len(images) != len(labels):
+      raise ValueError(f"{idx_dir}: {split} has {len(images)} images but {len(labels)} labels")
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -63,13 +87,7 @@ class FashionMnistOffline(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # nothing to download
-    missing = [f for pair in FILES.values() for f in pair
-               if not os.path.exists(os.path.join(self._idx_dir, f))]
-    if missing:
-      raise FileNotFoundError(
-          f"Fashion-MNIST IDX files missing in {self._idx_dir}: {', '.join(missing)}. "
-          "On Debian: `apt-get install dataset-fashion-mnist`, or set "
-          "--config.data.idx_dir to a directory holding them.")
+    check_files(self._idx_dir)
     return {split: self._generate_examples(split) for split in FILES}
 
   def _generate_examples(self, split):
@@ -84,10 +102,22 @@ class FashionMnistOffline(tfds.core.GeneratorBasedBuilder):
 
 
 def prepare(data_dir: str, idx_dir: str = DEFAULT_IDX_DIR) -> FashionMnistOffline:
-  """Builds the ArrayRecord files once (about 15 s); later calls only open them."""
+  """Builds the ArrayRecord files once (about 15 s); later calls only open them.
+  The IDX files are checked first, and a build that fails leaves nothing behind
+  that it created (TFDS's dataset and downloads folders)."""
   builder = FashionMnistOffline(data_dir=data_dir, idx_dir=idx_dir,
                                 file_format="array_record")
-  if not builder.is_prepared():
+  if builder.is_prepared():
+    return builder
+  check_files(idx_dir)
+  created = [p for p in (fs.path(data_dir) / FashionMnistOffline.name,
+                         fs.path(data_dir) / "downloads") if not p.exists()]
+  try:
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  except BaseException:
+    for p in created:
+      if p.exists():
+        p.rmtree()
+    raise
   return builder

@@ -14,10 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from typing import Any, Sequence
 
 import msgpack
 import numpy as np
+
+from ebm_pretrain import fs
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
@@ -47,8 +50,15 @@ def tfds_source(name: str, split: str, data_dir: str | None):
   import tensorflow_datasets as tfds
   try:
     builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # unknown name, unreadable dir
-    raise DataSourceError(f"cannot open TFDS dataset {name!r} in data_dir={data_dir!r}: {e}") from e
+  except tfds.core.registered.DatasetNotFoundError as e:
+    # TFDS's own message lists every dataset it knows: hundreds of lines.
+    close = re.search(r"Did you mean: \S+ -> (\S+) \?", str(e))
+    hint = f"; did you mean {close.group(1)!r}?" if close else ""
+    raise DataSourceError(f"data.name={name!r} is not a TFDS dataset{hint}") from None
+  except Exception as e:  # unreadable dir
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise DataSourceError(f"cannot open TFDS dataset {name!r} in data_dir={data_dir!r}: "
+                          f"{first}") from None
   if not builder.is_prepared():
     if name.split(":")[0] == "imagenet2012":
       raise DataSourceError(IMAGENET_HELP.format(data_dir=data_dir or "~/tensorflow_datasets"))
@@ -74,23 +84,23 @@ def fashion_mnist_source(split: str, data_dir: str, idx_dir: str | None = None):
   idx_dir = idx_dir or fashion_mnist_offline.DEFAULT_IDX_DIR
   try:
     builder = fashion_mnist_offline.prepare(data_dir, idx_dir)
-  except FileNotFoundError as e:
-    raise DataSourceError(str(e)) from e
+  except (FileNotFoundError, ValueError) as e:
+    raise DataSourceError(str(e)) from None
   return _as_source(builder, split)
 
 
 # ----------------------------------------------------------------------------
 # A local image folder, prepared once into ArrayRecord.
 # ----------------------------------------------------------------------------
-def _list_folder(folder: str) -> tuple[list[str], list[int], list[str]]:
-  classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+def _list_folder(folder: str) -> tuple[list, list[int], list[str]]:
+  root = fs.path(folder)
+  classes = sorted(d.name for d in root.iterdir() if d.is_dir())
   files, labels = [], []
   for label, sub in enumerate(classes or [""]):
-    root = os.path.join(folder, sub)
-    for dirpath, _, names in sorted(os.walk(root)):
+    for dirpath, _, names in sorted(root.joinpath(sub).walk(), key=lambda w: os.fspath(w[0])):
       for n in sorted(names):
         if n.endswith(IMAGE_SUFFIXES):
-          files.append(os.path.join(dirpath, n))
+          files.append(dirpath / n)
           labels.append(label if classes else 0)
   return files, labels, classes
 
@@ -103,7 +113,7 @@ def prepare_folder(folder: str, out_dir: str) -> str:
   path = os.path.join(out_dir, "images.array_record")
   if os.path.exists(path):
     return path
-  if not os.path.isdir(folder):
+  if not fs.path(folder).is_dir():
     raise DataSourceError(f"image folder {folder!r} does not exist")
   files, labels, classes = _list_folder(folder)
   if not files:
@@ -112,8 +122,7 @@ def prepare_folder(folder: str, out_dir: str) -> str:
   tmp = path + ".tmp"
   writer = ArrayRecordWriter(tmp, "group_size:1")
   for f, label in zip(files, labels):
-    with open(f, "rb") as fh:
-      writer.write(msgpack.packb({"image": fh.read(), "label": label}))
+    writer.write(msgpack.packb({"image": f.read_bytes(), "label": label}))
   writer.close()
   with open(os.path.join(out_dir, "classes.json"), "w") as fh:
     json.dump(classes, fh)
@@ -201,8 +210,11 @@ def get_source(data_cfg, split: str) -> Sequence[dict]:
     return fashion_mnist_source(split, _cache_dir(data_cfg), data_cfg.get("idx_dir") or None)
   if kind == "folder":
     folder = data_cfg.folder if split == "train" else data_cfg.get("eval_folder") or data_cfg.folder
-    digest = hashlib.sha1(os.path.abspath(folder).encode()).hexdigest()[:12]
-    out = os.path.join(_cache_dir(data_cfg), f"folder_{digest}")
+    digest = hashlib.sha1(fs.name(folder).encode()).hexdigest()[:12]
+    # ArrayRecord writes local files: a cloud data_dir keeps this cache locally.
+    cache = _cache_dir(data_cfg)
+    cache = os.path.expanduser("~/tensorflow_datasets") if fs.is_cloud(cache) else cache
+    out = os.path.join(cache, f"folder_{digest}")
     return FolderSource(prepare_folder(folder, out))
   if kind == "synthetic":
     return SyntheticSource(data_cfg.get("num_examples") or 1024, data_cfg.image_size,
@@ -212,4 +224,4 @@ def get_source(data_cfg, split: str) -> Sequence[dict]:
 
 
 def _cache_dir(data_cfg) -> str:
-  return os.path.expanduser(data_cfg.get("data_dir") or "~/tensorflow_datasets")
+  return fs.name(data_cfg.get("data_dir") or "~/tensorflow_datasets")
