@@ -252,7 +252,7 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from ebm_pretrain import config_lib
+  from ebm_pretrain import config_lib, fs
   config = _CONFIG.value
   try:  # every config is checked before anything is timed
     config_lib.validate(config, num_devices=1)
@@ -266,8 +266,7 @@ def main(argv):
   pipe = measure_pipeline(_PIPELINE_CONFIG.value or config, _PIPELINE_BATCHES.value)
   rep = report(config, results, pipe)
   print_table(rep)
-  with open(_OUTPUT.value, "w") as f:
-    json.dump(rep, f, indent=2)
+  fs.path(_OUTPUT.value).write_text(json.dumps(rep, indent=2))
   print(f"wrote {_OUTPUT.value}")
 
 
