@@ -269,14 +269,17 @@ class TrainCheckpoints:
     if not skipped:
       return
     aside = self.root / UNREADABLE_DIR
-    aside.mkdir(parents=True, exist_ok=True)
-    for step, why in skipped:
-      dst = aside / str(step)
-      n = 1
-      while dst.exists():
-        dst, n = aside / f"{step}.{n}", n + 1
-      (self.dir / str(step)).rename(dst)
-      self.log(f"Checkpoint step {step} is unreadable ({why}): skipped, moved to {dst}")
+    if jax.process_index() == 0:  # one process moves; every process then sees it
+      aside.mkdir(parents=True, exist_ok=True)
+      for step, why in skipped:
+        dst = aside / str(step)
+        n = 1
+        while dst.exists():
+          dst, n = aside / f"{step}.{n}", n + 1
+        (self.dir / str(step)).rename(dst)
+        self.log(f"Checkpoint step {step} is unreadable ({why}): skipped, moved to {dst}")
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes("ebm_pretrain:unreadable_checkpoints_moved")
     self.manager.reload()
 
   def save(self, step: int, state, data_iter, finite=None) -> None:

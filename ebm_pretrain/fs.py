@@ -51,7 +51,7 @@ def check_backend(p) -> None:
     pass
   import importlib.util
   if importlib.util.find_spec("tensorflow") is None:
-    raise OSError(f"gs:// paths need gcsfs (pip install 'ebm_pretrain[gcs]') or "
+    raise OSError("gs:// paths need gcsfs (pip install 'ebm_pretrain[gcs]') or "
                   "TensorFlow's gfile; neither is installed")
 
 
