@@ -288,15 +288,18 @@ class TrainCheckpoints:
     :func:`all_finite` of the state, if it has it (else it is computed here)."""
     bad = nonfinite_leaves(state) if finite is None or not bool(finite) else []
     if bad:
-      latest = self.manager.latest_step()
       raise NonFiniteStateError(
           f"the train state at step {step} is not finite ({len(bad)} arrays, e.g. "
-          f"{', '.join(bad[:3])}): not saved. "
-          + (f"The newest checkpoint, step {latest}, is intact and finite"
-             if latest is not None else "No checkpoint was saved before it")
-          + "; lower optim.base_lr or alpha.init, or set optim.grad_clip.")
+          f"{', '.join(bad[:3])}): not saved. {self.divergence_advice()}")
     self.manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)))
+
+  def divergence_advice(self) -> str:
+    """What is intact, and what to change, after a run diverged."""
+    latest = self.manager.latest_step()
+    return ((f"The newest checkpoint, step {latest}, is intact and finite"
+             if latest is not None else "No checkpoint was saved before it")
+            + "; lower optim.base_lr or alpha.init, or set optim.grad_clip.")
 
   def save_best(self, step: int, state, metrics: dict[str, float], finite=None) -> None:
     if self.best is None or step in self.best.all_steps():

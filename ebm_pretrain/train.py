@@ -326,7 +326,7 @@ def _run(config, workdir, devices, source, ckpts, log):
   restore_signals = _stop_signals(nproc, stop)
 
   def save(step: int, unchecked: list[dict]):
-    _check_finite(unchecked, step, ckpts.manager.latest_step())
+    _check_finite(unchecked, step, ckpts)
     ckpts.save(step, state, train_iter, finite=finite)  # never a non-finite state
     writer.flush()  # the metrics of a saved step reach the workdir with it
 
@@ -342,7 +342,7 @@ def _run(config, workdir, devices, source, ckpts, log):
       console.update(step)
 
       if step % config.log_every == 0 or step == total_steps:
-        host = _check_finite(pending, step, ckpts.manager.latest_step())
+        host = _check_finite(pending, step, ckpts)
         last = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
         last["skipped_images"] = float(np.sum([h["skipped_images"] for h in host]))
         dt = time.time() - t_log
@@ -394,16 +394,13 @@ def _run(config, workdir, devices, source, ckpts, log):
   return state, last
 
 
-def _check_finite(pending: list[dict], step: int, latest: int | None) -> list[dict]:
+def _check_finite(pending: list[dict], step: int, ckpts) -> list[dict]:
   host = jax.device_get(pending)
   for i, h in enumerate(host):
     if not np.isfinite(h["loss"]):
       bad = step - len(host) + i + 1
       raise NonFiniteLossError(
-          f"loss is {h['loss']} at step {bad}: stopping. "
-          + (f"The newest checkpoint, step {latest}, is intact and finite"
-             if latest is not None else "No checkpoint was saved before it")
-          + "; lower optim.base_lr or alpha.init, or set optim.grad_clip.")
+          f"loss is {h['loss']} at step {bad}: stopping. {ckpts.divergence_advice()}")
   return host
 
 
