@@ -13,8 +13,8 @@ x batch/256, 20 warmup epochs, bf16 compute, N=2 with a learnable alpha.
 Expected (paper Table 6): 82.7 top-1 after 200 pretraining + 100 fine-tuning
 epochs, against 82.1 for 300 epochs from scratch.
 """
-from ebm_pretrain import config_lib
+from ebm_pretrain import recipes
 
 
 def get_config(arg=None):
-  return config_lib.imagenet_pretrain(arg, "convnext", "T", epochs=200, warmup_epochs=20)
+  return recipes.imagenet_pretrain(arg, "convnext", "T", epochs=200, warmup_epochs=20)

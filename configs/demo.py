@@ -15,27 +15,26 @@ eval/psnr_step_2 15.162).
   configs/demo.py:task=sr4        picks another pretext task.
   configs/demo.py:model=convnext  ConvNeXt-nano (or model=swin: Swin-nano) at 32px.
 """
-from ebm_pretrain import config_lib
+from ebm_pretrain import recipes
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, task="mixed", model="vit", variant="", steps=1000)
-  c, size = config_lib.small_pretrain(a.model, config_lib.DEMO_MODELS)
+  a = recipes.parse_arg(arg, task="mixed", model="vit", variant="", steps=1000)
+  c, size = recipes.small_pretrain(a.model, recipes.DEMO_MODELS)
   c.model.variant = a.variant or c.model.variant
   if a.model == "vit":
     c.model.pool = "gap"
   c.dtype = "float32"  # bf16 is emulated, hence slow, on CPUs
-  config_lib.set_task(c, a.task)
+  recipes.set_task(c, a.task)
   c.decoder.update(dict(width=64, depth=2, num_heads=4))  # the ae_* / mae baselines' decoder
   # alpha starts at 1, not 0.1: with 28px images and a small model, the input
   # gradient is small at first, so at 0.1 the restoration steps barely move and
-  # the first hundreds of steps learn little (measured: loss after 400 steps
-  # 0.157 vs 0.197 at 0.1, with the corrupted error at 0.22).
+  # the first hundreds of steps learn little (README, "Quick start").
   c.alpha.init = 1.0
   if a.task == "mixed":
     c.task_kwargs.mask = "mask_random_large"
     c.task_kwargs.sr = "sr4"
-  config_lib.use_fashion_mnist(c.data, size)
+  recipes.use_fashion_mnist(c.data, size)
   c.batch_size = 64
   c.total_steps = a.steps
   c.optim.base_lr = 1e-3

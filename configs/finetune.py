@@ -15,13 +15,13 @@ Expected (paper Table 6, not reproduced here: it needs accelerators): ConvNeXt-T
 82.7 and Swin-T 82.2 after 200 pretraining epochs (configs/convnext_t.py,
 configs/swin_t.py), against 82.1 / 81.3 for 300 epochs from scratch.
 """
-from ebm_pretrain import config_lib
+from ebm_pretrain import recipes
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, init="", model="", epochs=100)
-  c = config_lib.finetune_defaults()
+  a = recipes.parse_arg(arg, init="", model="", epochs=100)
+  c = recipes.finetune_defaults()
   c.init = a.init
-  c.model = config_lib.parse_model(a.model)
+  c.model = recipes.parse_model(a.model)
   c.total_epochs = a.epochs
   return c

@@ -13,8 +13,8 @@ Expected top-1 (paper Table 3; not reproduced here, it needs accelerators):
 
   configs/finetune_vit_b.py:pool=tok   the cls-token head instead of global pooling.
 """
-from ebm_pretrain import config_lib
+from ebm_pretrain import recipes
 
 
 def get_config(arg=None):
-  return config_lib.vit_imagenet_downstream(arg, variant="B/16", epochs=100)
+  return recipes.vit_imagenet_downstream(arg, variant="B/16", epochs=100)

@@ -6,8 +6,8 @@ backbone, BatchNorm without affine + linear head, LARS, batch 16384, 90 epochs.
 
 Use --config.grad_accum_steps=K to reach batch 16384 on small hosts.
 """
-from ebm_pretrain import config_lib
+from ebm_pretrain import recipes
 
 
 def get_config(arg=None):
-  return config_lib.vit_imagenet_downstream(arg, variant="L/16", epochs=90, linprobe=True)
+  return recipes.vit_imagenet_downstream(arg, variant="L/16", epochs=90, linprobe=True)

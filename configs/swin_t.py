@@ -13,8 +13,8 @@ rest as configs/convnext_t.py.
 Expected (paper Table 6): 82.2 top-1 after 200 pretraining + 100 fine-tuning
 epochs, against 81.3 for 300 epochs from scratch.
 """
-from ebm_pretrain import config_lib
+from ebm_pretrain import recipes
 
 
 def get_config(arg=None):
-  return config_lib.imagenet_pretrain(arg, "swin", "T", epochs=200, warmup_epochs=20)
+  return recipes.imagenet_pretrain(arg, "swin", "T", epochs=200, warmup_epochs=20)

@@ -6,14 +6,14 @@ configs/tiny.py:model=convnext (or swin) picks ConvNeXt-mu (Swin-mu).
 Expected: 4 steps, a checkpoint, metrics.jsonl, TensorBoard events and a
 restoration grid in the workdir; nothing downloaded or read from disk.
 """
-from ebm_pretrain import config_lib
+from ebm_pretrain import recipes
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, task="mixed", steps=4, model="vit")
-  c, size = config_lib.small_pretrain(a.model, config_lib.TINY_MODELS)
+  a = recipes.parse_arg(arg, task="mixed", steps=4, model="vit")
+  c, size = recipes.small_pretrain(a.model, recipes.TINY_MODELS)
   c.dtype = "float32"
-  config_lib.set_task(c, a.task)
+  recipes.set_task(c, a.task)
   c.decoder.update(dict(width=32, depth=1, num_heads=2))  # the ae_* / mae baselines' decoder
   if a.task == "mixed":
     c.task_kwargs.mask = "mask_grid4"

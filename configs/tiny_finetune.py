@@ -11,16 +11,16 @@ cutmix, label smoothing), an eval/top1 line, checkpoints/ and best/.
   configs/tiny_finetune.py:init=/tmp/tiny  the checkpoint's backbone (any family).
   configs/tiny_finetune.py:model=swin      Swin-mu (or convnext) from scratch.
 """
-from ebm_pretrain import config_lib
+from ebm_pretrain import recipes
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, init="", steps=4, linprobe=False, model="vit")
-  c = config_lib.linprobe_defaults() if a.linprobe else config_lib.finetune_defaults()
+  a = recipes.parse_arg(arg, init="", steps=4, linprobe=False, model="vit")
+  c = recipes.linprobe_defaults() if a.linprobe else recipes.finetune_defaults()
   c.init = a.init
   c.num_classes = 4
   if a.init or a.model != "vit":  # the checkpoint's backbone, or another family's
-    c.model, _ = config_lib.small_finetune_model(a.init, a.model, config_lib.TINY_MODELS)
+    c.model, _ = recipes.small_finetune_model(a.init, a.model, recipes.TINY_MODELS)
   else:  # ViT-mu/4 with the recipe's (or linear probing's) model options
     c.model.variant = "mu/4"
   c.dtype = "float32"

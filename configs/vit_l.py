@@ -10,8 +10,8 @@ bf16 compute, RandomResizedCrop + flip, N=2 with a learnable alpha.
 Needs imagenet2012 prepared for TFDS in ArrayRecord format (the program prints
 how if it is missing). Expected: ImageNet fine-tuning top-1 85.6 after 800 pretraining + 50 fine-tuning epochs (paper Table 3, Mixed; the paper reports no 200-epoch ViT-L).
 """
-from ebm_pretrain import config_lib
+from ebm_pretrain import recipes
 
 
 def get_config(arg=None):
-  return config_lib.imagenet_pretrain(arg, "vit", "L/16", epochs=800, warmup_epochs=40)
+  return recipes.imagenet_pretrain(arg, "vit", "L/16", epochs=800, warmup_epochs=40)

@@ -10,8 +10,8 @@ bf16 compute, RandomResizedCrop + flip, N=2 with a learnable alpha.
 Needs imagenet2012 prepared for TFDS in ArrayRecord format (the program prints
 how if it is missing). Expected: ImageNet fine-tuning top-1 81.2 after 200 pretraining + 200 fine-tuning epochs (paper Table 3, Mixed).
 """
-from ebm_pretrain import config_lib
+from ebm_pretrain import recipes
 
 
 def get_config(arg=None):
-  return config_lib.imagenet_pretrain(arg, "vit", "S/16", epochs=200, warmup_epochs=20)
+  return recipes.imagenet_pretrain(arg, "vit", "S/16", epochs=200, warmup_epochs=20)

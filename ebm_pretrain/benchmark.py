@@ -108,7 +108,8 @@ def measure_steps(config, steps: int, matmul_size: int,
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from ebm_pretrain import objectives, train
+  from ebm_pretrain import objectives, optim, recipes, train
+  from ebm_pretrain.data import normalization
 
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(config.dtype, jnp.float32)
   peak = roofline(matmul_size, dtype)  # before and after the steps: the better of the two
@@ -118,7 +119,7 @@ def measure_steps(config, steps: int, matmul_size: int,
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.integers(0, 256, (b, d.image_size, d.image_size, d.channels),
                                              dtype=np.uint8)),
-           "label": jnp.asarray(rng.integers(0, config.get("num_classes", 1000), (b,)), jnp.int32),
+           "label": jnp.asarray(rng.integers(0, 1000, (b,)), jnp.int32),
            "valid": jnp.ones((b,), bool)}
   dummy = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
   schedule = lambda step: config.optim.base_lr
@@ -135,7 +136,7 @@ def measure_steps(config, steps: int, matmul_size: int,
 
   def prepare_objective(name: str, objective) -> None:
     params = objective.init(jax.random.PRNGKey(0), dummy)
-    tx = train.make_optimizer(config, params, objective, schedule)
+    tx = optim.make_optimizer(objective.config, params, objective, schedule)
     state = {"params": params,
              "model_state": objective.init_model_state(jax.random.PRNGKey(0), dummy),
              "opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
@@ -152,19 +153,23 @@ def measure_steps(config, steps: int, matmul_size: int,
 
   # In order of growing memory, so that each RSS peak is mostly the step's own.
   # Forward: the energy model's forward pass (backbone + linear head).
-  energy_obj = objectives.EnergyObjective(config)
+  energy_obj = objectives.get(config)
   params = energy_obj.init(jax.random.PRNGKey(0), dummy)
   fwd = jax.jit(lambda p, x: energy_obj.model.apply(
-      {"params": p["model"]}, train.normalize(x, d.mean, d.std)))
+      {"params": p["model"]}, normalization.normalize(x, d.mean, d.std)))
   compiled, compile_s, flops, mem = _compiled(fwd, params, batch["image"])
   prepare("forward", lambda: compiled(params, batch["image"]), compile_s, flops, mem)
-  sup_config = config.copy_and_resolve_references()
-  sup_config.objective = "supervised"
-  sup_config.num_classes = config.get("num_classes", 1000)
-  prepare_objective("supervised_step", objectives.SupervisedObjective(sup_config))
+  # The reference: the same backbone, data and optimizer, a 1000-class head, plain
+  # cross-entropy (no layer decay, label smoothing or mixing).
+  sup = recipes.finetune_defaults()
+  for key in ("model", "data", "dtype", "param_dtype", "batch_size", "optim", "seed"):
+    sup[key] = config[key]
+  sup.layer_decay, sup.label_smoothing = 1.0, 0.0
+  sup.mixup.mixup_alpha = sup.mixup.cutmix_alpha = 0.0
+  prepare_objective("supervised_step", objectives.get(sup))
   prepare_objective("energy_step", energy_obj)
   for spec, variant in (variants or {}).items():
-    prepare_objective(f"energy_step[{spec}]", objectives.EnergyObjective(variant))
+    prepare_objective(f"energy_step[{spec}]", objectives.get(variant))
 
   for name, step_s in _time_interleaved(calls, steps).items():
     results[name]["step_s"] = step_s
@@ -252,14 +257,15 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  from ebm_pretrain import config_lib, fs
+  from ebm_pretrain import fs, recipes, validate
+  from ebm_pretrain.errors import ConfigError
   config = _CONFIG.value
   try:  # every config is checked before anything is timed
-    config_lib.validate(config, num_devices=1)
-    variants = {spec: config_lib.override(config, spec) for spec in _VARIANTS.value}
+    validate.validate(config, num_devices=1)
+    variants = {spec: recipes.override(config, spec) for spec in _VARIANTS.value}
     for variant in variants.values():
-      config_lib.validate(variant, num_devices=1)
-  except config_lib.ConfigError as e:
+      validate.validate(variant, num_devices=1)
+  except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   results = measure_steps(config, _STEPS.value, _MATMUL.value, variants)

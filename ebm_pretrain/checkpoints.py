@@ -28,15 +28,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ebm_pretrain import fs
-
-
-class CheckpointError(RuntimeError):
-  """No usable checkpoint, or one that does not fit the model; the message says which."""
-
-
-class NonFiniteStateError(FloatingPointError):
-  """The train state to be saved holds NaN or inf: it is not saved."""
+from ebm_pretrain import fs, models, tasks
+from ebm_pretrain.errors import CheckpointError, ConfigError, NonFiniteStateError
 
 
 UNREADABLE_DIR = "unreadable_checkpoints"
@@ -91,10 +84,11 @@ def read_config(found: Found) -> ml_collections.ConfigDict:
     raise CheckpointError(f"no config.json next to {found.checkpoints_dir}: cannot tell "
                           "which model the checkpoint holds")
   try:
-    return ml_collections.ConfigDict(json.loads((fs.path(found.workdir) / "config.json")
-                                                .read_text()))
+    config = json.loads((fs.path(found.workdir) / "config.json").read_text())
   except (OSError, ValueError) as e:
     raise CheckpointError(f"cannot read {found.workdir}/config.json: {_first_line(e)}") from None
+  tasks.upgrade(config)  # objective names of checkpoints written before config.objective
+  return ml_collections.ConfigDict(config)
 
 
 def _drop_orbax_read_errors(unraisable, _default=sys.unraisablehook) -> None:
@@ -364,79 +358,10 @@ def backbone_of(params: dict) -> dict:
 # ----------------------------------------------------------------------------
 # Carrying a backbone into a new model.
 # ----------------------------------------------------------------------------
-def interpolate_posemb(posemb: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-  """[1, h*w, D] position embeddings of a square h x w grid -> [1, gh*gw, D],
-  resized bicubically on the 2D grid (MAE's ``interpolate_pos_embed``)."""
-  n, d = posemb.shape[1], posemb.shape[2]
-  side = int(round(n ** 0.5))
-  if side * side != n:
-    raise CheckpointError(f"pos_embedding has {n} positions, not a square grid; cannot "
-                          "interpolate it")
-  if (side, side) == tuple(grid):
-    return posemb
-  x = jnp.asarray(posemb, jnp.float32).reshape(side, side, d)
-  x = jax.image.resize(x, (grid[0], grid[1], d), method="bicubic")
-  return np.asarray(x.reshape(1, grid[0] * grid[1], d), posemb.dtype)
-
-
-def _flat(tree) -> dict[str, Any]:
-  return {jax.tree_util.keystr(p, simple=True, separator="/"): v
-          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-# Parameters a checkpoint may hold that the new model need not use: the cls
-# token when fine-tuning switches from cls to global-average pooling.
-UNUSED_OK = ("cls",)
-# Parameters the new model may have that the checkpoint lacks, because their
-# fresh initialisation is the meaningful one: fixed sin-cos position embeddings
-# made trainable (posemb="sincos2d_learn", appendix A.2), or trainable ones from
-# zeros for an encoder pretrained without any (posemb="zeros_learn", AE + sorting).
-FRESH_OK = ("pos_embedding",)
-
-
-def load_backbone(target: dict, loaded: dict, *, fresh_ok: tuple[str, ...] = (),
-                  log=print) -> dict:
-  """``target`` (freshly initialised backbone params) with every leaf replaced by
-  the checkpoint's. Position embeddings of another grid are interpolated; any
-  other mismatch raises CheckpointError listing every mismatched path."""
-  want, have = _flat(target), _flat(loaded)
-  missing = [k for k in want if k not in have and k.split("/")[-1] not in fresh_ok]
-  unused = [k for k in have if k not in want]
-  bad_unused = [k for k in unused if k.split("/")[-1] not in UNUSED_OK]
-  out, shape_errors = {}, []
-  for k, v in want.items():
-    if k not in have:
-      out[k] = v
-      continue
-    w = np.asarray(have[k])
-    if k.split("/")[-1] == "pos_embedding" and w.shape != v.shape and w.ndim == 3 \
-        and w.shape[-1] == v.shape[-1]:
-      side = int(round(v.shape[1] ** 0.5))
-      if side * side == v.shape[1]:
-        log(f"Interpolating {k} from {w.shape[1]} to {v.shape[1]} positions")
-        w = interpolate_posemb(w, (side, side))
-    if w.shape != tuple(v.shape):
-      shape_errors.append(f"  {k}: checkpoint {w.shape}, model {tuple(v.shape)}")
-      continue
-    out[k] = w.astype(v.dtype)
-  if missing or bad_unused or shape_errors:
-    lines = ["the checkpoint does not fit the model:"]
-    if shape_errors:
-      lines += ["shape mismatches:"] + shape_errors
-    if missing:
-      lines += ["in the model, not in the checkpoint:"] + [f"  {k}" for k in missing]
-    if bad_unused:
-      lines += ["in the checkpoint, not in the model:"] + [f"  {k}" for k in bad_unused]
-    raise CheckpointError("\n".join(lines))
-  for k in unused:
-    log(f"Not used from the checkpoint: {k}")
-  treedef = jax.tree_util.tree_structure(target)
-  return jax.tree_util.tree_unflatten(treedef, [out[k] for k in want])
-
-
 def pretrained_backbone(config, target: dict, path: str, log=print) -> dict:
   """``target`` (fresh backbone params of ``config.model``) replaced by the backbone
-  of the checkpoint at ``path``; a different model is a CheckpointError."""
+  of the checkpoint at ``path``, through the family's ``load`` hook
+  (``models.load_backbone``); a different model is a CheckpointError."""
   found = find(path)
   if found.workdir is not None:
     trained = read_config(found).model
@@ -447,16 +372,34 @@ def pretrained_backbone(config, target: dict, path: str, log=print) -> dict:
           f"{m.name} {m.variant}. Set --config.model.name={trained.name} "
           f"--config.model.variant={trained.variant}, or point --config.init at a "
           f"{m.name} {m.variant} checkpoint.")
-  fresh_ok = (FRESH_OK
-              if config.model.get("posemb") in ("sincos2d_learn", "zeros_learn") else ())
   try:
-    backbone = load_backbone(
-        target, backbone_of(restore_params(found)),
-        fresh_ok=fresh_ok, log=log)
+    backbone = models.load_backbone(config.model.to_dict(), target,
+                                    backbone_of(restore_params(found)), log=log)
   except CheckpointError as e:
-    hint = ("\n(a checkpoint pretrained with fixed sin-cos position embeddings has no "
-            "pos_embedding: fine-tune with --config.model.posemb=sincos2d_learn)"
-            if "  pos_embedding" in str(e) or "/pos_embedding" in str(e) else "")
-    raise CheckpointError(f"{path}: {e}{hint}") from None
+    raise CheckpointError(f"{path}: {e}") from None
   log(f"Initialised the backbone from {found.checkpoints_dir} step {found.step}")
   return backbone
+
+
+# config.model.name when a fine-tuning config takes the checkpoint's backbone.
+FROM_INIT = ""
+
+
+def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config`` with ``model`` filled in from the ``init`` checkpoint when the
+  config leaves the backbone to it (``model.name == ""``): the checkpoint's
+  architecture, made ready for fine-tuning by its family's ``finetune`` hook
+  (``models.register_backbone``). Entries set in ``config.model`` win."""
+  if config.model.name != FROM_INIT:
+    return config
+  if not config.init:
+    raise ConfigError(
+        "config.model.name: empty, which means 'the backbone of config.init', but config.init "
+        "is empty too: set --config.init=PRETRAINING_WORKDIR, or name a model to train from "
+        "scratch (e.g. --config.model.name=vit --config.model.variant=S/16)")
+  trained = read_config(find(config.init)).model.to_dict()
+  model = models.finetune_model(trained)
+  model.update({k: v for k, v in config.model.to_dict().items() if k != "name"})
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model = ml_collections.ConfigDict(model)
+  return config

@@ -200,7 +200,15 @@ CORRUPTIONS: dict[str, Callable[..., Corruption]] = {
     "mixed": mixed,
 }
 # Which corruptions use the data normalisation (they get mean/std passed in).
-_NEEDS_NORM = ("colorize", "mixed")
+_NEEDS_NORM = {"colorize", "mixed"}
+
+
+def register(name: str, factory: Callable[..., Corruption], *, needs_norm: bool = False) -> None:
+  """Makes ``config.task = name`` (and ``:task=name``) use ``factory(**task_kwargs)``;
+  ``needs_norm``: it also gets the data's ``mean`` and ``std``."""
+  CORRUPTIONS[name] = factory
+  if needs_norm:
+    _NEEDS_NORM.add(name)
 
 
 def get_corruption(name: str, **kwargs) -> Corruption:

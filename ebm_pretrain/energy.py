@@ -37,9 +37,9 @@ LOSSES = ("smooth_l1", "mse")
 # Under Adam a log parametrisation changes α by a roughly constant *relative*
 # amount per step whatever its magnitude, whereas with softplus a large α would
 # barely move. α and the scale of the linear head are interchangeable
-# (α ∇ₓ(w·ψ) = (αw)·∇ₓψ), so the exact initial value matters little; 1.0 is the
-# default (see configs) because it leaves the freshly initialised head to set the
-# step length.
+# (α ∇ₓ(w·ψ) = (αw)·∇ₓψ), so the exact initial value matters less than it seems:
+# ``config.alpha.init`` sets it (the paper's recipe 0.1; the small CPU demos start
+# at 1.0, where a fresh model's input gradient is small: README, "Demo").
 # ----------------------------------------------------------------------------
 def alpha_from_log(log_alpha: Array) -> Array:
   log_alpha = jnp.asarray(log_alpha)
@@ -142,8 +142,12 @@ def pixel_error(pred: Array, target: Array, loss: str = "smooth_l1",
   if weights is None:
     return jnp.mean(err)
   per_example = jnp.mean(err.reshape(err.shape[0], -1), axis=1)
-  weights = weights.astype(dtype)
-  return jnp.sum(weights * per_example) / jnp.maximum(jnp.sum(weights), 1.0)
+  return weighted_mean(per_example, weights.astype(dtype))
+
+
+def weighted_mean(x: Array, w: Array) -> Array:
+  """Mean of ``x`` [B] over the examples with weight ``w`` [B] (0 for padding)."""
+  return jnp.sum(w * x) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 def restoration_loss(energy_fn: EnergyFn, params: Params, alpha: Array,

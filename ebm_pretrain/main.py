@@ -92,15 +92,15 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
-  from ebm_pretrain import checkpoints, config_lib, train, workdir
+  from ebm_pretrain import errors, train, workdir
   from ebm_pretrain.data.sources import DataSourceError
   _init_distributed()
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (DataSourceError, config_lib.ConfigError, checkpoints.CheckpointError,
+  except (DataSourceError, errors.ConfigError, errors.CheckpointError,
           workdir.WorkdirError) as e:
     _fail(str(e))  # a message that says what to do: no stack trace
-  except (train.NonFiniteLossError, checkpoints.NonFiniteStateError) as e:
+  except (errors.NonFiniteLossError, errors.NonFiniteStateError) as e:
     _fail(str(e), EXIT_DIVERGED)
   except train.RunStopped:
     sys.exit(train.EXIT_STOPPED)  # the loop printed what happened

@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ebm_pretrain import fs
+from ebm_pretrain.data import normalization
 
 
 class MetricWriter:
@@ -96,8 +97,7 @@ class StallDetector:
 def image_grid(columns: dict[str, np.ndarray], mean, std, pad: int = 2) -> np.ndarray:
   """Rows = examples, columns = stages (corrupted, step_1..N, original);
   normalised float images -> one uint8 grid."""
-  cols = [np.clip(np.asarray(v, np.float32) * np.asarray(std) + np.asarray(mean), 0, 1)
-          for v in columns.values()]
+  cols = [np.asarray(normalization.to_pixels(v, mean, std)) for v in columns.values()]
   b, h, w, c = cols[0].shape
   grid = np.ones((b * (h + pad) + pad, len(cols) * (w + pad) + pad, c), np.float32)
   for j, col in enumerate(cols):

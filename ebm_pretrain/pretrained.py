@@ -20,7 +20,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ebm_pretrain import checkpoints, energy, objectives
+from ebm_pretrain import checkpoints, energy, objectives, recipes
+from ebm_pretrain.data import normalization
+from ebm_pretrain.objectives.restoration import EnergyObjective
+from ebm_pretrain.objectives.supervised import SupervisedObjective
 
 
 @dataclasses.dataclass
@@ -32,22 +35,17 @@ class Pretrained:
   model_state: Any = dataclasses.field(default_factory=dict)  # BatchNorm statistics
 
   def __post_init__(self):
-    self.objective = objectives.get_objective(self.config)
+    self.objective = objectives.get(self.config)
     d = self.config.data
-    self._mean = jnp.asarray(d.mean, jnp.float32)
-    self._std = jnp.asarray(d.std, jnp.float32)
-    # Every objective (energy, sorting, the baselines, fine-tuning) has a backbone.
-    self._backbone_params = checkpoints.backbone_of(self.params)
-    self._backbone = self.objective.backbone
+    self._mean, self._std = tuple(d.mean), tuple(d.std)
     # Compiled once per input shape (and per num_steps), not per call.
-    self._features = jax.jit(lambda p, x: self._backbone.apply({"params": p}, x))
-    if isinstance(self.objective, objectives.EnergyObjective):  # pixel restoration
+    self._features = jax.jit(self.objective.features)
+    if isinstance(self.objective, EnergyObjective):  # pixel restoration
       obj = self.objective
       self._energy = jax.jit(obj.energy_fn)
       self._restore = jax.jit(
           lambda p, x, n: energy.restore(obj.energy_fn, p["model"], x, obj.alpha(p), n,
-                                         unroll=self.config.unroll),
-          static_argnums=2)
+                                         unroll=obj.config.unroll), static_argnums=2)
 
   # -- inputs ------------------------------------------------------------------
   def _normalize(self, images) -> jax.Array:
@@ -56,26 +54,19 @@ class Pretrained:
     if x.ndim != 4 or x.shape[-1] != c:
       raise ValueError(f"images must be [B, H, W, {c}] (the model was trained on {c}-channel "
                        f"data), got shape {tuple(x.shape)}")
-    if x.dtype == np.uint8:
-      x = jnp.asarray(x, jnp.float32) / 255.0
-    elif jnp.issubdtype(x.dtype, jnp.floating):
-      x = jnp.asarray(x, jnp.float32)
-    else:
+    if x.dtype != np.uint8 and not jnp.issubdtype(x.dtype, jnp.floating):
       raise ValueError(f"images must be uint8 in [0, 255] or float in [0, 1], got {x.dtype}")
-    return (x - self._mean) / self._std
-
-  def _to_pixels(self, x) -> jax.Array:
-    return jnp.clip(x * self._std + self._mean, 0.0, 1.0)
+    return normalization.normalize(x, self._mean, self._std)
 
   # -- outputs -----------------------------------------------------------------
   def features(self, images) -> jax.Array:
     """Backbone features [B, D] (the input of the energy or classifier head)."""
-    return self._features(self._backbone_params, self._normalize(images))
+    return self._features(self.params, self.model_state, self._normalize(images))
 
   def _energy_objective(self, what: str):
-    if not isinstance(self.objective, objectives.EnergyObjective):
+    if not isinstance(self.objective, EnergyObjective):
       raise ValueError(f"{what} needs a pixel-restoration energy checkpoint; {self.path} holds "
-                       f"a {self.config.objective!r} model with task {self.config.get('task')!r}")
+                       f"a {self.config.objective!r} model")
     return self.objective
 
   def energy(self, images) -> jax.Array:
@@ -90,11 +81,12 @@ class Pretrained:
     n = int(num_steps or self.config.inner_steps)
     if n < 1:
       raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    return self._to_pixels(self._restore(self.params, self._normalize(corrupted_images), n))
+    chain = self._restore(self.params, self._normalize(corrupted_images), n)
+    return normalization.to_pixels(chain, self._mean, self._std)
 
   def logits(self, images) -> jax.Array:
     """Class logits [B, num_classes] (fine-tuned / linear-probe checkpoints)."""
-    if self.config.objective != "supervised":
+    if not isinstance(self.objective, SupervisedObjective):
       raise ValueError(f"logits() needs a classifier checkpoint; {self.path} holds an "
                        f"{self.config.objective!r} model")
     logits, _ = self.objective.logits(self.params, self.model_state, self._normalize(images))
@@ -105,7 +97,7 @@ def load(path: str) -> Pretrained:
   """A trained model from a workdir (its newest checkpoint), a ``checkpoints`` or
   ``best`` folder, or one step folder. Raises CheckpointError if there is none."""
   found = checkpoints.find(path)
-  config = checkpoints.read_config(found)
+  config = recipes.complete(checkpoints.read_config(found).to_dict())
   step, state = checkpoints.restore_state(found, ("params", "model_state"))
   return Pretrained(config=config, params=state["params"], step=step, path=path,
                     model_state=state.get("model_state") or {})

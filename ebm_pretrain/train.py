@@ -1,8 +1,10 @@
 """The trainer: one loop for every objective (big_vision's train.py layout).
 
-Sections: setup, mesh, input, model, optimizer, state & checkpoint, update step,
-evaluation, loop. The train state is an explicit pytree
-``{"params", "opt", "step", "rng"}``, replicated over a 1-D ``data`` mesh of all
+Sections: setup, mesh, input, model and optimizer, restore or initialise, update
+step, evaluation, loop; what an objective computes is in ``objectives/``, the
+optimizer in ``optim``, checkpointing in ``checkpoints.TrainCheckpoints``,
+evaluation in ``evaluators/``. The train state is an explicit pytree
+``{"params", "model_state", "opt", "step", "rng"}``, replicated over a 1-D ``data`` mesh of all
 devices (all processes); batches are sharded along it. Per-step randomness is
 ``fold_in(rng, step)``, so a resumed run draws exactly what an uninterrupted one
 would. Metrics stay on device until a log step.
@@ -12,11 +14,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import math
-import os
 import signal
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,92 +24,22 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ebm_pretrain import checkpoints, config_lib, fs, metrics as metrics_lib, objectives
-from ebm_pretrain import workdir as workdir_lib
-from ebm_pretrain.data import pipeline, sources
-
-
-class NonFiniteLossError(FloatingPointError):
-  pass
-
-
-# ----------------------------------------------------------------------------
-# Optimizer.
-# ----------------------------------------------------------------------------
-def decay_mask(params) -> Any:
-  """Weight decay on Dense/Conv kernels only: never on norms, biases, position
-  embeddings, the cls token or alpha (MAE / paper Table A)."""
-  return jax.tree_util.tree_map_with_path(
-      lambda p, _: objectives.path_str(p).endswith("kernel"), params)
-
-
-def learning_rate_schedule(config, total_steps: int, steps_per_epoch: float):
-  o = config.optim
-  peak = o.base_lr * config.batch_size / o.lr_base_batch
-  warmup = o.warmup_steps or int(round(o.warmup_epochs * steps_per_epoch))
-  warmup = min(warmup, max(total_steps - 1, 0))
-  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total_steps, warmup + 1),
-                                            end_value=o.min_lr)
-
-
-def scale_by_tree(factors) -> optax.GradientTransformation:
-  """Multiplies each update by a fixed per-parameter factor. After AdamW (whose
-  weight decay is already scaled by the learning rate) this is exactly a
-  per-parameter learning rate: layer-wise lr decay."""
-  def update(updates, state, params=None):
-    return jax.tree.map(lambda u, f: u * jnp.asarray(f, u.dtype), updates, factors), state
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
-
-
-def make_optimizer(config, params, objective, schedule):
-  o = config.optim
-  if o.get("name", "adamw") == "lars":  # MAE's linear probing
-    opt = optax.lars(schedule, weight_decay=o.weight_decay, momentum=o.b1,
-                     weight_decay_mask=decay_mask, trust_ratio_mask=decay_mask)
-  else:
-    opt = optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
-                      mask=decay_mask)
-  if o.grad_clip > 0:
-    opt = optax.chain(optax.clip_by_global_norm(o.grad_clip), opt)
-  factors = objective.lr_multipliers(params)
-  if factors is not None:
-    opt = optax.chain(opt, scale_by_tree(factors))
-  labels = jax.tree_util.tree_map_with_path(
-      lambda p, _: "frozen" if objective.frozen(objectives.path_str(p)) else "train", params)
-  return optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
-
-
-# ----------------------------------------------------------------------------
-# Data.
-# ----------------------------------------------------------------------------
-def normalize(images, mean, std):
-  """uint8 [B, H, W, C] -> float32 normalised (on device)."""
-  x = images.astype(jnp.float32) / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
-
-
-def total_steps_of(config, num_examples: int) -> tuple[int, float]:
-  steps_per_epoch = num_examples / config.batch_size
-  if config.total_steps > 0:
-    return int(config.total_steps), steps_per_epoch
-  return int(math.ceil(config.total_epochs * steps_per_epoch)), steps_per_epoch
+from ebm_pretrain import checkpoints, evaluators, fs, metrics as metrics_lib, objectives, optim
+from ebm_pretrain import validate as validate_lib, workdir as workdir_lib
+from ebm_pretrain.data import normalization, pipeline, sources
+from ebm_pretrain.errors import NonFiniteLossError
+from ebm_pretrain.steps import itstime, total_steps_of
 
 
 # ----------------------------------------------------------------------------
 # The update.
 # ----------------------------------------------------------------------------
-def value_and_grad_of(objective):
-  """The objective's own gradient computation if it has one, else autodiff of its loss."""
-  return getattr(objective, "value_and_grad", None) or jax.value_and_grad(
-      objective.loss, has_aux=True)
-
-
 def accumulate_gradients(grad_fn, params, model_state, batch, rng, steps: int):
   """Mean loss, metrics and gradients over ``steps`` equal micro-batches, run one
   after the other (``lax.scan``): the recipe's batch on fewer or smaller devices.
   Micro-batch j holds examples j, j + steps, ..., so that every device keeps an
   equal share of each micro-batch and nothing moves between devices. ``grad_fn``
-  is :func:`value_and_grad_of` an objective."""
+  is an objective's ``value_and_grad``."""
   if steps == 1:
     (loss, (metrics, model_state)), grads = grad_fn(params, model_state, batch, rng)
     return loss, metrics, model_state, grads
@@ -136,13 +65,11 @@ STATE_FINITE = "state_finite"  # a train step's flag: its new params and optimiz
 def make_train_step(objective, tx, schedule, mean, std, accum_steps: int = 1):
   """``(state, batch) -> (state, metrics)``: one optimizer step on a uint8 batch;
   ``metrics[STATE_FINITE]`` says whether the new state is finite."""
-  grad_fn = value_and_grad_of(objective)
-
   def train_step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
-    batch = dict(batch, image=normalize(batch["image"], mean, std))
+    batch = dict(batch, image=normalization.normalize(batch["image"], mean, std))
     loss, aux, model_state, grads = accumulate_gradients(
-        grad_fn, state["params"], state["model_state"], batch, rng, accum_steps)
+        objective.value_and_grad, state["params"], state["model_state"], batch, rng, accum_steps)
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     out = {"loss": loss, "grad_norm": optax.tree.norm(grads),
@@ -191,21 +118,6 @@ def _stop_signals(nproc: int, stop: dict):
   return lambda: [signal.signal(s, h) for s, h in previous.items()]
 
 
-def _prepare_workdir(workdir: str, primary: bool) -> None:
-  """The workdir exists and can be written, or a WorkdirError says why not."""
-  try:
-    fs.check_backend(workdir)
-    root = fs.path(workdir)
-    if primary:
-      root.mkdir(parents=True, exist_ok=True)
-      probe = root / f".write_test.{os.getpid()}"
-      probe.write_text("")
-      probe.unlink()
-  except OSError as e:
-    raise workdir_lib.WorkdirError(f"cannot write to workdir {workdir}: "
-                                   f"{e.strerror or e}") from None
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        devices=None) -> tuple[dict, dict[str, float]]:
   """Trains until ``total_steps`` (resuming from ``workdir`` if possible);
@@ -214,20 +126,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   when SIGTERM/SIGINT asked the run to stop."""
   # == Setup ===================================================================
   devices = list(devices or jax.devices())
-  nproc, pidx = jax.process_count(), jax.process_index()
-  primary = pidx == 0
+  primary = jax.process_index() == 0
   log = print if primary else (lambda *_, **__: None)
-  config = config_lib.resolve_model(config)  # fine-tuning configs may take init's backbone
-  config_lib.validate(config, len(devices), nproc)
+  config = checkpoints.resolve_model(config)  # fine-tuning configs may take init's backbone
+  validate_lib.validate(config, len(devices), jax.process_count())
   source = sources.get_train_source(config.data)  # bad data: an error before the workdir is touched
-  _prepare_workdir(workdir, primary)
+  workdir_lib.prepare(workdir, primary)
   with contextlib.ExitStack() as hold:  # released whatever happens below
     if primary:  # one run per workdir
       hold.enter_context(workdir_lib.WorkdirLock(
-          workdir, stale_after_s=config.get("lock_stale_seconds", 300), log=log))
+          workdir, stale_after_s=config.lock_stale_seconds, log=log))
     ckpts = hold.enter_context(contextlib.closing(checkpoints.TrainCheckpoints(
-        workdir, keep=config.keep_checkpoints, best_metric=config.get("best_metric", ""),
-        best_mode=config.get("best_mode", "max"), log=log)))
+        workdir, keep=config.keep_checkpoints, best_metric=config.best_metric,
+        best_mode=config.best_mode, log=log)))
     # A resumed run must train with the config its checkpoints were made with.
     workdir_lib.write_config(workdir, config, resuming_at=ckpts.manager.latest_step(),
                              write=primary, log=log)
@@ -237,11 +148,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def _run(config, workdir, devices, source, ckpts, log):
   """The rest of :func:`train_and_evaluate`, with the workdir held."""
   nproc, pidx = jax.process_count(), jax.process_index()
-  primary = pidx == 0
   # == Mesh ====================================================================
   mesh = Mesh(np.asarray(devices), ("data",))
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P("data"))
+  ctx = evaluators.Context(mesh)
 
   # == Input ===================================================================
   d = config.data
@@ -249,24 +160,18 @@ def _run(config, workdir, devices, source, ckpts, log):
   train_ds = pipeline.make_train_dataset(
       source, global_batch=config.batch_size, num_batches=total_steps,
       image_size=d.image_size, channels=d.channels, seed=config.seed, process_index=pidx,
-      process_count=nproc, num_workers=d.num_workers, augment=augment_of(config))
+      process_count=nproc, num_workers=d.num_workers,
+      augment=pipeline.Augment.from_config(config.augment))
   train_iter = iter(train_ds)
   mean, std = tuple(d.mean), tuple(d.std)
 
-  def to_global(local: dict) -> dict:
-    return {k: jax.make_array_from_process_local_data(batch_sharding, v)
-            for k, v in local.items()}
-
-  # == Model ===================================================================
-  objective = objectives.get_objective(config)
-  base_rng = jax.random.PRNGKey(config.seed)
-  init_rng, train_rng, vis_rng = jax.random.split(base_rng, 3)
+  # == Model and optimizer =====================================================
+  objective = objectives.get(config)
+  init_rng, train_rng, vis_rng = jax.random.split(jax.random.PRNGKey(config.seed), 3)
   dummy = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
-
-  # == Optimizer ===============================================================
-  schedule = learning_rate_schedule(config, total_steps, steps_per_epoch)
+  schedule = optim.learning_rate_schedule(config, total_steps, steps_per_epoch)
   param_shapes = jax.eval_shape(objective.init, init_rng, dummy)
-  tx = make_optimizer(config, param_shapes, objective, schedule)
+  tx = optim.make_optimizer(config, param_shapes, objective, schedule)
 
   def init_state(params):
     return {"params": params, "model_state": objective.init_model_state(init_rng, dummy),
@@ -286,44 +191,45 @@ def _run(config, workdir, devices, source, ckpts, log):
   else:
     start = 0
     params = jax.jit(objective.init)(init_rng, dummy)
-    if config.get("init"):  # fine-tuning: the pretrained backbone, a fresh head
+    if config.init:  # fine-tuning: the pretrained backbone, a fresh head
       params = objective.init_from(jax.device_get(params), config.init, log=log)
     params = _replicate(params, replicated)
     state = jax.jit(init_state, out_shardings=state_sharding)(params)
   start = int(start)
 
   # == Update step =============================================================
-  train_step = make_train_step(objective, tx, schedule, mean, std,
-                               config.get("grad_accum_steps", 1))
+  train_step = make_train_step(objective, tx, schedule, mean, std, config.grad_accum_steps)
   train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
   @functools.partial(jax.jit, out_shardings=replicated)
   def visualize(params, batch, rng):
-    k = config.image_count
-    small = {key: v[:k] for key, v in batch.items()}
-    small["image"] = normalize(small["image"], mean, std)
+    small = {key: v[:config.image_count] for key, v in batch.items()}
+    small["image"] = normalization.normalize(small["image"], mean, std)
     return objective.visualize(params, small, rng)
 
   # == Evaluation ==============================================================
-  eval_fn = make_evaluator(config, objective, to_global, pidx, nproc) \
-      if config.get("eval_examples", 0) else None
-  eval_every = config.get("eval_every", 0)
+  evals = evaluators.build(config, objective, ctx)
 
   def evaluate(step: int) -> dict[str, float]:
-    ev = eval_fn(state["params"], state["model_state"])
-    writer.scalars(step, ev)
-    log(f"Eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()),
-        flush=True)
-    ckpts.save_best(step, state, ev, finite=finite)
-    return ev
+    out = {}
+    for ev in evals:
+      if itstime(step, ev.every, total_steps):
+        out.update(ev(state["params"], state["model_state"]))
+    if out:
+      writer.scalars(step, out)
+      log(f"Eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()),
+          flush=True)
+      ckpts.save_best(step, state, out, finite=finite)
+    return out
 
   # == Loop ====================================================================
-  writer = metrics_lib.MetricWriter(workdir, enabled=primary)
-  console = metrics_lib.ConsoleReporter(total_steps, start, enabled=primary)
-  stall = metrics_lib.StallDetector(config.get("stall_log_steps", 5))
+  writer = metrics_lib.MetricWriter(workdir, enabled=pidx == 0)
+  console = metrics_lib.ConsoleReporter(total_steps, start, enabled=pidx == 0)
+  stall = metrics_lib.StallDetector(config.stall_log_steps)
   stop = {"signal": None}
   restore_signals = _stop_signals(nproc, stop)
+  draws = jax.eval_shape(objective.visualize, param_shapes, {"image": dummy}, vis_rng) is not None
 
   def save(step: int, unchecked: list[dict]):
     _check_finite(unchecked, step, ckpts)
@@ -335,13 +241,13 @@ def _run(config, workdir, devices, source, ckpts, log):
   t_log, step = time.time(), start
   try:
     for step in range(start + 1, total_steps + 1):
-      batch = to_global(next(train_iter))
+      batch = ctx.to_global(next(train_iter))
       state, m = train_step(state, batch)
       finite = m.pop(STATE_FINITE)
       pending.append(m)
       console.update(step)
 
-      if step % config.log_every == 0 or step == total_steps:
+      if itstime(step, config.log_every, total_steps):
         host = _check_finite(pending, step, ckpts)
         last = {k: float(np.mean([h[k] for h in host])) for k in host[0]}
         last["skipped_images"] = float(np.sum([h["skipped_images"] for h in host]))
@@ -352,24 +258,23 @@ def _run(config, workdir, devices, source, ckpts, log):
         if warning:
           last["stalled"] = 1.0
         writer.scalars(step, {**last, "epoch": epoch, "img_per_s": img_s})
-        console.line(step, epoch, _console_fields(last), img_s)
+        console.line(step, epoch, _console_fields(objective, last), img_s)
         if warning:
           console.warn(f"step {step}: {warning}")
         pending, t_log = [], time.time()
 
-      if hasattr(objective, "visualize") and (step % config.image_every == 0
-                                              or step == total_steps):
+      if draws and itstime(step, config.image_every, total_steps):
         grids = jax.device_get(visualize(state["params"], batch, jax.random.fold_in(vis_rng, step)))
         path = writer.image(step, "restoration", metrics_lib.image_grid(grids, mean, std))
         if path and step == total_steps:
           log(f"Restoration grid (corrupted | steps | original): {path}", flush=True)
 
-      if eval_fn is not None and eval_every and step % eval_every == 0 and step != total_steps:
+      if step != total_steps:  # the final evaluation runs after the last checkpoint
         last.update(evaluate(step))
 
       if nproc > 1 and ckpts.reached_preemption(step):
         stop["signal"] = "SIGTERM"
-      if step % config.checkpoint_every == 0 or step == total_steps or stop["signal"]:
+      if itstime(step, config.checkpoint_every, total_steps) or stop["signal"]:
         save(step, pending)
       if stop["signal"]:
         ckpts.wait()
@@ -377,9 +282,9 @@ def _run(config, workdir, devices, source, ckpts, log):
             f"command to resume (exit status {EXIT_STOPPED}).", flush=True)
         raise RunStopped(stop["signal"], step)
     ckpts.wait()
-    if eval_fn is not None and total_steps > start:
+    if total_steps > start:
       last.update(evaluate(total_steps))
-      if ckpts.best is not None:
+      if ckpts.best is not None and ckpts.best_step() is not None:
         ckpts.wait()
         log(f"Best {ckpts.best_metric}: step {ckpts.best_step()} in {fs.name(workdir)}/best",
             flush=True)
@@ -404,51 +309,13 @@ def _check_finite(pending: list[dict], step: int, ckpts) -> list[dict]:
   return host
 
 
-def _console_fields(values: dict[str, float]) -> dict[str, float]:
-  keys = ["loss"] + sorted(k for k in values if k.startswith("step_error")) + [
-      "corrupted_error", "alpha", "accuracy", "grad_norm", "lr"]
+def _console_fields(objective, values: dict[str, float]) -> dict[str, float]:
+  """The objective's console metrics, then the optimizer's (and any skipped images)."""
+  keys = [*objective.console_metrics(), "grad_norm", "lr"]
   out = {k: values[k] for k in keys if k in values}
   if values.get("skipped_images"):
     out["skipped_images"] = values["skipped_images"]
   return out
-
-
-# ----------------------------------------------------------------------------
-# Held-out evaluation.
-# ----------------------------------------------------------------------------
-def make_evaluator(config, objective, to_global, pidx, nproc):
-  """``(params, model_state) -> metrics`` over the first ``eval_examples`` images
-  (all of them if < 0) of ``data.eval_split``: the short side resized to
-  ``data.eval_resize`` (default: image_size), then the central crop."""
-  d = config.data
-  source = sources.get_source(d, d.eval_split)
-  n = config.eval_examples if config.eval_examples > 0 else None
-  ds = pipeline.make_eval_dataset(
-      source, batch_size=config.eval_batch_size // nproc, image_size=d.image_size,
-      channels=d.channels, resize_to=d.get("eval_resize") or d.image_size, process_index=pidx,
-      process_count=nproc, num_examples=n, num_workers=d.num_workers)
-
-  @jax.jit
-  def sums(params, model_state, batch, rng):
-    batch = dict(batch, image=normalize(batch["image"], d.mean, d.std))
-    return objective.eval_sums(params, model_state, batch, rng)
-
-  def evaluate(params, model_state) -> dict[str, float]:
-    totals = None  # summed on device: one host transfer per evaluation
-    rng = jax.random.PRNGKey(config.seed + 1)
-    for i, local in enumerate(ds):
-      s = sums(params, model_state, to_global(local), jax.random.fold_in(rng, i))
-      totals = s if totals is None else jax.tree.map(jnp.add, totals, s)
-    return objective.eval_summary({k: float(v) for k, v in jax.device_get(totals).items()})
-  return evaluate
-
-
-def augment_of(config) -> pipeline.Augment:
-  a = config.get("augment", None)
-  if a is None:
-    return pipeline.Augment()
-  randaug = (a.randaug_ops, a.randaug_magnitude, a.randaug_std) if a.randaug_ops else None
-  return pipeline.Augment(crop_scale=tuple(a.crop_scale), flip=a.flip, randaug=randaug)
 
 
 def _replicate(tree, sharding):

@@ -20,7 +20,7 @@ import uuid
 
 import ml_collections
 
-from ebm_pretrain import fs
+from ebm_pretrain import fs, tasks
 
 LOCK_FILE = "run.lock"
 HEARTBEAT_S = 30.0
@@ -180,10 +180,12 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, *, resuming_at
   p = fs.path(workdir) / CONFIG_FILE
   new = as_json(config)
   if resuming_at is not None and p.exists():
-    changes = config_changes(json.loads(p.read_text()), new)
+    saved = json.loads(p.read_text())
+    tasks.upgrade(saved)  # a run begun before config.objective named every objective
+    changes = config_changes(saved, new)
     if changes:
       lines = "\n".join(f"  {k}: {old!r} -> {now!r}" for k, (old, now) in changes.items())
-      if not config.get("allow_config_change", False):
+      if not config.allow_config_change:
         raise WorkdirError(
             f"{workdir} holds a run (checkpoint step {resuming_at}) made with another config; "
             f"resuming would change:\n{lines}\nRun with the same config, use a new "
@@ -200,3 +202,17 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, *, resuming_at
           f"{CONFIG_CHANGES_FILE}):\n{lines}")
   if write:
     fs.write_text(p, config.to_json_best_effort(indent=2))
+
+
+def prepare(workdir: str, primary: bool) -> None:
+  """The workdir exists and can be written, or a WorkdirError says why not."""
+  try:
+    fs.check_backend(workdir)
+    root = fs.path(workdir)
+    if primary:
+      root.mkdir(parents=True, exist_ok=True)
+      probe = root / f".write_test.{os.getpid()}"
+      probe.write_text("")
+      probe.unlink()
+  except OSError as e:
+    raise WorkdirError(f"cannot write to workdir {workdir}: {e.strerror or e}") from None

@@ -13,3 +13,16 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "ebm_pretrain_tests_jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrain(tmp_path_factory):
+  """One 2-step tiny ViT pretraining (configs/tiny.py), shared by the tests that
+  only read its checkpoint (one per xdist worker)."""
+  from helpers import train_inprocess
+  wd = str(tmp_path_factory.mktemp("tiny_pretrain") / "wd")
+  train_inprocess("tiny", wd, total_steps=2, eval_examples=0)
+  return wd

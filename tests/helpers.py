@@ -61,3 +61,21 @@ def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
   for (path, x), (_, y) in zip(la, lb):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
                                err_msg=jax.tree_util.keystr(path))
+
+
+def train_inprocess(config: str, workdir: str, **overrides):
+  """``train.train_and_evaluate`` of ``configs/NAME.py[:arg]`` with ``overrides``
+  ({"a.b": value}) in this process, on one device: no interpreter start, no JAX
+  import, and the programs a one-device CLI run compiles (an 8-device SPMD
+  program compiles and runs several times slower on 2 cores). Returns (state,
+  last metrics)."""
+  from ebm_pretrain import train
+  name, _, arg = config.partition(":")
+  c = load_config(name, arg or None)
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return train.train_and_evaluate(c, workdir, devices=jax.devices()[:1])

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebm_pretrain import config_lib, models
+from ebm_pretrain import checkpoints, errors, models, objectives, recipes, validate
 from ebm_pretrain.models import swin
-from helpers import load_config, run_main
+from helpers import load_config, run_main, train_inprocess
 from test_learning import structured_images
 
 
@@ -75,8 +75,8 @@ def test_sizes_the_network_cannot_take_are_clear_errors(name, variant, size, msg
   c = load_config("tiny", f"model={name}")
   c.model.variant = variant
   c.data.image_size = size
-  with pytest.raises(config_lib.ConfigError, match=f"config.model: {name} .*{msg}"):
-    config_lib.validate(c, num_devices=1)
+  with pytest.raises(errors.ConfigError, match=f"config.model: {name} .*{msg}"):
+    validate.validate(c, num_devices=1)
 
 
 def test_unknown_variants_and_options_are_clear_errors():
@@ -84,8 +84,8 @@ def test_unknown_variants_and_options_are_clear_errors():
     models.get_backbone("convnext", "X")
   c = load_config("tiny", "model=swin")
   c.model.pool = "tok"  # a ViT option
-  with pytest.raises(config_lib.ConfigError, match="config.model: swin .*pool"):
-    config_lib.validate(c, num_devices=1)
+  with pytest.raises(errors.ConfigError, match="config.model: swin .*pool"):
+    validate.validate(c, num_devices=1)
 
 
 def _influence(block, h, w, dim=8):
@@ -158,7 +158,7 @@ def test_energy_loss_falls_on_a_fixed_batch(name):
   x0 = corruptions.from_spec("denoise")(jax.random.key(3), clean)
   params = {"model": model.init(jax.random.key(1), clean)["params"],
             "log_alpha": energy.log_alpha_init(1.0)}
-  # Clipped as the family's configs are (config_lib.ENERGY_GRAD_CLIP).
+  # Clipped as the family's configs are (recipes.ENERGY_GRAD_CLIP).
   opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(3e-3, b1=0.9, b2=0.95))
 
   def loss_fn(p):
@@ -183,21 +183,19 @@ def test_energy_loss_falls_on_a_fixed_batch(name):
 
 @pytest.fixture(scope="module")
 def family_pretrain(tmp_path_factory):
-  """A ConvNeXt pretraining through the CLI. (Swin takes the same registry and
-  trainer path; its model is covered above: one family end-to-end keeps the
-  suite within its time budget.)"""
+  """A ConvNeXt pretraining. (Swin takes the same registry and trainer path; its
+  model is covered above: one family end-to-end keeps the suite within its time
+  budget.)"""
   wd = str(tmp_path_factory.mktemp("convnext_pre") / "run")
-  run_main("configs/tiny.py:model=convnext,steps=2", wd, "--config.eval_examples=0",
-           "--config.image_every=100")
+  train_inprocess("tiny:model=convnext,steps=2", wd, eval_examples=0, image_every=100)
   return "convnext", wd
 
 
-def test_pretrain_then_finetune_through_the_cli(family_pretrain, tmp_path):
+def test_pretrain_then_finetune(family_pretrain, tmp_path, capsys):
   name, pre = family_pretrain
   wd = str(tmp_path / "ft")
-  proc = run_main(f"configs/tiny_finetune.py:init={pre},steps=2", wd,
-                  "--config.eval_examples=0")
-  assert "Initialised the backbone" in proc.stdout
+  train_inprocess(f"tiny_finetune:init={pre},steps=2", wd, eval_examples=0)
+  assert "Initialised the backbone" in capsys.readouterr().out
   with open(os.path.join(wd, "config.json")) as f:
     model = json.load(f)["model"]
   # The checkpoint's backbone, with the family's fine-tuning drop path.
@@ -218,8 +216,8 @@ def test_a_convnext_checkpoint_into_a_vit_config_is_a_clear_error(family_pretrai
 
 def test_from_init_without_init_is_a_clear_error():
   c = load_config("finetune")
-  with pytest.raises(config_lib.ConfigError, match="config.init is empty too"):
-    config_lib.resolve_model(c)
+  with pytest.raises(errors.ConfigError, match="config.init is empty too"):
+    checkpoints.resolve_model(c)
   c = load_config("finetune", "model=swin:T")
   assert (c.model.name, c.model.variant, c.model.drop_path) == ("swin", "T", 0.2)
   assert load_config("convnext_t", "task=sr16").model.to_dict() == dict(
@@ -230,12 +228,10 @@ def test_from_init_without_init_is_a_clear_error():
 def scratch_registry(monkeypatch):
   """The backbone registry as it was before the test (the README example
   registers a backbone; other tests list the registry)."""
-  for name in ("_BACKBONES", "_LAYER_IDS", "_FINETUNE"):
-    monkeypatch.setattr(models, name, dict(getattr(models, name)))
+  monkeypatch.setattr(models, "_BACKBONES", dict(models._BACKBONES))
 
 
 def test_the_readme_custom_backbone_example_trains_and_decays(scratch_registry):
-  from ebm_pretrain import objectives
   from helpers import ROOT
   readme = open(os.path.join(ROOT, "README.md")).read()
   block = readme.split("<!-- custom-backbone-example -->\n```python\n", 1)[1].split("```", 1)[0]
@@ -243,9 +239,9 @@ def test_the_readme_custom_backbone_example_trains_and_decays(scratch_registry):
   exec(compile(block, "README.md", "exec"), {})
   assert "tiny_cnn" in models.backbone_names()
   c = load_config("tiny")
-  c.model = config_lib.model_config("tiny_cnn", "S")
-  config_lib.validate(c, num_devices=1)
-  obj = objectives.get_objective(c)
+  c.model = recipes.model_config("tiny_cnn", "S")
+  validate.validate(c, num_devices=1)
+  obj = objectives.get(c)
   images = structured_images(jax.random.key(0), 8)
   params = jax.jit(obj.init)(jax.random.key(1), images)
   batch = {"image": images, "valid": jnp.ones(8, bool)}
@@ -254,8 +250,8 @@ def test_the_readme_custom_backbone_example_trains_and_decays(scratch_registry):
   assert np.isfinite(float(loss))
   assert float(jnp.abs(grads["model"]["backbone"]["conv_0"]["kernel"]).sum()) > 0
   ft = load_config("tiny_finetune")
-  ft.model = config_lib.model_config("tiny_cnn", "S")
-  ft_obj = objectives.get_objective(ft)
+  ft.model = recipes.model_config("tiny_cnn", "S")
+  ft_obj = objectives.get(ft)
   factors = ft_obj.lr_multipliers(jax.eval_shape(ft_obj.init, jax.random.key(0), images))
   assert factors["backbone"]["conv_0"]["kernel"] == pytest.approx(0.75 ** 3)
   assert factors["backbone"]["norm"]["scale"] == 1.0

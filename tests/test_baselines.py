@@ -7,14 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebm_pretrain import autoencoders, checkpoints, config_lib, objectives
-from helpers import load_config, run_main
+from ebm_pretrain import checkpoints, objectives
+from ebm_pretrain.objectives import autoencoders
+from helpers import load_config, train_inprocess
 from test_learning import structured_images
 
 
 def _objective(task):
   c = load_config("tiny", f"task={task}")
-  return c, objectives.get_objective(c)
+  return c, objectives.get(c)
 
 
 def test_mae_masks_75_percent_and_the_encoder_sees_only_the_rest():
@@ -75,16 +76,15 @@ def test_ae_sorting_has_no_position_embedding_and_cannot_read_positions():
 @pytest.mark.parametrize("task", ["ae_sr4", "ae_sorting", "mae"])
 def test_each_pretext_and_baseline_runs_two_steps_and_fine_tunes(task, tmp_path):
   pre = str(tmp_path / "pre")
-  run_main(f"configs/tiny.py:task={task},steps=2", pre, "--config.eval_examples=0",
-           "--config.image_every=100")
+  train_inprocess(f"tiny:task={task},steps=2", pre, eval_examples=0, image_every=100)
   records = [json.loads(l) for l in open(os.path.join(pre, "metrics.jsonl"))]
   assert np.isfinite([r["loss"] for r in records if "loss" in r]).all()
   # Fine-tuning takes the backbone (cheaper in process than a second CLI run).
   ft = load_config("tiny_finetune", f"init={pre}")
-  ft = config_lib.resolve_model(ft)
+  ft = checkpoints.resolve_model(ft)
   if task == "ae_sorting":  # trainable position embeddings from zeros, as the paper
     assert ft.model.posemb == "zeros_learn"
-  obj = objectives.get_objective(ft)
+  obj = objectives.get(ft)
   images = structured_images(jax.random.key(0), 8)
   params = obj.init_from(jax.jit(obj.init)(jax.random.key(1), images), pre, log=lambda _: None)
   trained = checkpoints.backbone_of(checkpoints.restore_params(checkpoints.find(pre)))

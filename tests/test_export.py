@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ebm_pretrain import config_lib, objectives, train
+from ebm_pretrain import checkpoints, objectives, optim, train, validate
 from helpers import load_config
 
 
@@ -18,11 +18,11 @@ def _export(config):
   mesh = Mesh(devices, ("data",))
   replicated, batched = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   d = config.data
-  objective = objectives.get_objective(config)
+  objective = objectives.get(config)
   dummy = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
-  schedule = train.learning_rate_schedule(config, 100, 10.0)
+  schedule = optim.learning_rate_schedule(config, 100, 10.0)
   params = jax.eval_shape(objective.init, jax.random.PRNGKey(0), dummy)
-  tx = train.make_optimizer(config, params, objective, schedule)
+  tx = optim.make_optimizer(config, params, objective, schedule)
   state = jax.eval_shape(lambda p: {
       "params": p, "model_state": objective.init_model_state(jax.random.PRNGKey(0), dummy),
       "opt": tx.init(p), "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(1)}, params)
@@ -53,13 +53,13 @@ def _check(exported):
 def test_pretraining_step_exports_for_gpu_and_tpu(family):
   c = load_config("tiny", f"model={family}")
   c.dtype = "bfloat16"
-  config_lib.validate(c, num_devices=8)
+  validate.validate(c, num_devices=8)
   _check(_export(c))
 
 
 def test_finetuning_step_exports_for_gpu_and_tpu():
   c = load_config("tiny_finetune")
   c.dtype = "bfloat16"
-  c = config_lib.resolve_model(c)
-  config_lib.validate(c, num_devices=8)
+  c = checkpoints.resolve_model(c)
+  validate.validate(c, num_devices=8)
   _check(_export(c))

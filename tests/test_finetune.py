@@ -9,27 +9,23 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebm_pretrain import checkpoints, config_lib, knn, mixing, objectives, pretrained, train
+from ebm_pretrain import checkpoints, errors, mixing, optim, pretrained, train, trees
+from ebm_pretrain import validate
+from ebm_pretrain.evaluators.knn import knn_predict
+from ebm_pretrain.models import loading, vit
+from ebm_pretrain.objectives.supervised import SupervisedObjective
 from ebm_pretrain.data import randaug
-from helpers import assert_trees_close, latest_params, load_config, run_main
+from helpers import assert_trees_close, latest_params, load_config, run_main, train_inprocess
 
 DUMMY = jnp.zeros((1, 16, 16, 3))
-
-
-@pytest.fixture(scope="module")
-def tiny_pretrain(tmp_path_factory):
-  """A 2-step configs/tiny.py pretraining run (ViT-mu/4, cls pooling)."""
-  wd = str(tmp_path_factory.mktemp("tiny_pretrain"))
-  run_main("configs/tiny.py", wd, "--config.total_steps=2", "--config.eval_examples=0")
-  return wd
 
 
 # -- Layer-wise lr decay --------------------------------------------------------
 def test_layer_decay_multiplier_of_each_block():
   c = load_config("tiny_finetune")  # ViT-mu: 2 blocks -> layers 0 (embeddings) .. 3 (head)
-  obj = objectives.SupervisedObjective(c)
+  obj = SupervisedObjective(c)
   params = obj.init(jax.random.PRNGKey(0), DUMMY)
-  flat = {objectives.path_str(p): f for p, f in
+  flat = {trees.path_str(p): f for p, f in
           jax.tree_util.tree_leaves_with_path(obj.lr_multipliers(params))}
   d = c.layer_decay
   assert flat["backbone/embedding/kernel"] == pytest.approx(d ** 3)
@@ -44,19 +40,19 @@ def test_layer_decay_scales_each_update_by_its_multiplier():
   c = load_config("tiny_finetune")
   flat_c = c.copy_and_resolve_references()
   flat_c.layer_decay = 1.0
-  obj, flat_obj = objectives.SupervisedObjective(c), objectives.SupervisedObjective(flat_c)
+  obj, flat_obj = SupervisedObjective(c), SupervisedObjective(flat_c)
   params = obj.init(jax.random.PRNGKey(0), DUMMY)
   grads = jax.tree.map(lambda p: jnp.ones_like(p) * 0.1, params)
   schedule = lambda step: 1e-2
 
   def update(objective, config):
-    tx = train.make_optimizer(config, params, objective, schedule)
+    tx = optim.make_optimizer(config, params, objective, schedule)
     return tx.update(grads, tx.init(params), params)[0]
   decayed, plain = update(obj, c), update(flat_obj, flat_c)
   factors = obj.lr_multipliers(params)
   for (path, u), v, f in zip(jax.tree_util.tree_leaves_with_path(decayed),
                              jax.tree.leaves(plain), jax.tree.leaves(factors)):
-    np.testing.assert_allclose(u, f * v, rtol=1e-6, err_msg=objectives.path_str(path))
+    np.testing.assert_allclose(u, f * v, rtol=1e-6, err_msg=trees.path_str(path))
 
 
 # -- Mixup, CutMix, label smoothing ---------------------------------------------
@@ -107,15 +103,15 @@ def test_gradient_accumulation_equals_one_big_batch():
   c = load_config("tiny_finetune")
   c.mixup.mixup_alpha = c.mixup.cutmix_alpha = 0.0
   c.model.drop_path = 0.0
-  obj = objectives.SupervisedObjective(c)
+  obj = SupervisedObjective(c)
   params = obj.init(jax.random.PRNGKey(0), DUMMY)
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.normal(size=(8, 16, 16, 3)), jnp.float32),
            "label": jnp.asarray(rng.integers(0, 4, 8), jnp.int32),
            "valid": jnp.ones((8,), bool)}
   key = jax.random.PRNGKey(1)
-  loss1, m1, _, g1 = train.accumulate_gradients(train.value_and_grad_of(obj), params, {}, batch, key, 1)
-  loss4, m4, _, g4 = train.accumulate_gradients(train.value_and_grad_of(obj), params, {}, batch, key, 4)
+  loss1, m1, _, g1 = train.accumulate_gradients(obj.value_and_grad, params, {}, batch, key, 1)
+  loss4, m4, _, g4 = train.accumulate_gradients(obj.value_and_grad, params, {}, batch, key, 4)
   np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
   assert_trees_close(g4, g1, rtol=1e-4, atol=1e-7)
 
@@ -123,16 +119,16 @@ def test_gradient_accumulation_equals_one_big_batch():
 def test_grad_accum_must_split_the_batch_evenly():
   c = load_config("tiny_finetune")
   c.grad_accum_steps = 3
-  with pytest.raises(config_lib.ConfigError, match="config.grad_accum_steps"):
-    config_lib.validate(c, num_devices=1)
+  with pytest.raises(errors.ConfigError, match="config.grad_accum_steps"):
+    validate.validate(c, num_devices=1)
 
 
 # -- Loading a checkpoint -------------------------------------------------------
 def test_posemb_interpolation_keeps_the_grid():
   yy, xx = np.mgrid[:4, :4].astype(np.float32)
   pe = np.stack([yy, xx, yy + 2 * xx], -1).reshape(1, 16, 3)
-  np.testing.assert_array_equal(checkpoints.interpolate_posemb(pe, (4, 4)), pe)
-  out = checkpoints.interpolate_posemb(pe, (8, 8)).reshape(8, 8, 3)
+  np.testing.assert_array_equal(vit.interpolate_posemb(pe, (4, 4)), pe)
+  out = vit.interpolate_posemb(pe, (8, 8)).reshape(8, 8, 3)
   # Rows stay rows and columns stay columns: channel 0 varies only down the
   # grid, channel 1 only across, both increasing, spanning the same range.
   assert np.all(np.diff(out[..., 0], axis=0) > 0) and np.allclose(np.diff(out[..., 0], axis=1), 0, atol=1e-5)
@@ -146,14 +142,14 @@ def test_fine_tuning_init_takes_the_pretrained_backbone_and_a_fresh_head(tiny_pr
   pre = state["params"]["model"]["backbone"]
   c = load_config("tiny_finetune")
   c.data.image_size = 32  # another resolution: 8x8 patches instead of 4x4
-  obj = objectives.SupervisedObjective(c)
+  obj = SupervisedObjective(c)
   fresh = jax.device_get(obj.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   logs = []
   params = obj.init_from(fresh, tiny_pretrain, log=logs.append)
   assert params["head"] is fresh["head"] and "energy_head" not in str(jax.tree_util.tree_structure(params))
   got = dict(params["backbone"])
   assert got["pos_embedding"].shape == (1, 64, 32)
-  np.testing.assert_allclose(got.pop("pos_embedding"), checkpoints.interpolate_posemb(
+  np.testing.assert_allclose(got.pop("pos_embedding"), vit.interpolate_posemb(
       pre["pos_embedding"], (8, 8)), rtol=1e-6)
   want = {k: v for k, v in pre.items() if k not in ("pos_embedding", "cls")}  # gap: no cls
   assert_trees_close(got, want, rtol=0, atol=0)
@@ -164,13 +160,13 @@ def test_mismatched_checkpoint_lists_every_path(tiny_pretrain):
   c = load_config("tiny_finetune")
   c.model.variant = "nano/4"
   with pytest.raises(checkpoints.CheckpointError, match="holds a vit mu/4 backbone; this config builds vit nano/4"):
-    objectives.SupervisedObjective(c).init_from({}, tiny_pretrain)
+    SupervisedObjective(c).init_from({"backbone": {}}, tiny_pretrain)
   target = {"embedding": {"kernel": np.zeros((4, 4, 3, 64))}, "extra": np.zeros(3),
             "Transformer": {"encoder_norm": {"scale": np.zeros(64)}}}
   loaded = {"embedding": {"kernel": np.zeros((4, 4, 3, 32))}, "old": np.zeros(3),
             "Transformer": {"encoder_norm": {"scale": np.zeros(32)}}}
   with pytest.raises(checkpoints.CheckpointError) as e:
-    checkpoints.load_backbone(target, loaded)
+    loading.match(target, loaded)
   msg = str(e.value)
   for line in ("embedding/kernel: checkpoint (4, 4, 3, 32), model (4, 4, 3, 64)",
                "Transformer/encoder_norm/scale: checkpoint (32,), model (64,)",
@@ -181,14 +177,13 @@ def test_mismatched_checkpoint_lists_every_path(tiny_pretrain):
 
 def test_fixed_sincos_checkpoint_needs_trainable_sincos_to_fine_tune(tmp_path):
   wd = str(tmp_path / "sincos")
-  run_main("configs/tiny.py", wd, "--config.total_steps=2", "--config.eval_examples=0",
-           "--config.model.posemb=sincos2d")
+  train_inprocess("tiny", wd, total_steps=2, eval_examples=0, **{"model.posemb": "sincos2d"})
   c = load_config("tiny_finetune")
-  obj = objectives.SupervisedObjective(c)
+  obj = SupervisedObjective(c)
   with pytest.raises(checkpoints.CheckpointError, match="posemb=sincos2d_learn"):
     obj.init_from(jax.device_get(obj.init(jax.random.PRNGKey(0), DUMMY)), wd)
   c.model.posemb = "sincos2d_learn"
-  obj = objectives.SupervisedObjective(c)
+  obj = SupervisedObjective(c)
   params = obj.init_from(jax.device_get(obj.init(jax.random.PRNGKey(0), DUMMY)), wd, log=len)
   from ebm_pretrain.models import posemb_sincos_2d
   np.testing.assert_allclose(params["backbone"]["pos_embedding"], posemb_sincos_2d(4, 4, 32),
@@ -206,13 +201,13 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
-# -- End to end through the CLI -----------------------------------------------
-def test_fine_tune_two_steps_end_to_end(tmp_path, tiny_pretrain):
+# -- End to end ----------------------------------------------------------------
+def test_fine_tune_two_steps_end_to_end(tmp_path, tiny_pretrain, capsys):
   wd = str(tmp_path / "ft")
-  proc = run_main("configs/tiny_finetune.py", wd, f"--config.init={tiny_pretrain}",
-                  "--config.total_steps=2", num_devices=2)
-  assert "Initialised the backbone from" in proc.stdout
-  assert "Eval at step 2: eval/top1" in proc.stdout
+  train_inprocess("tiny_finetune", wd, init=tiny_pretrain, total_steps=2)
+  out = capsys.readouterr().out
+  assert "Initialised the backbone from" in out
+  assert "Eval at step 2: eval/top1" in out
   records = [json.loads(l) for l in open(os.path.join(wd, "metrics.jsonl"))]
   assert any("eval/top1" in r for r in records) and any("accuracy" in r for r in records)
   assert os.path.isdir(os.path.join(wd, "checkpoints", "2"))
@@ -223,8 +218,7 @@ def test_fine_tune_two_steps_end_to_end(tmp_path, tiny_pretrain):
 
 def test_linear_probe_trains_only_the_head(tmp_path, tiny_pretrain):
   wd = str(tmp_path / "lin")
-  run_main("configs/tiny_finetune.py:linprobe=True", wd, f"--config.init={tiny_pretrain}",
-           "--config.total_steps=2")
+  train_inprocess("tiny_finetune:linprobe=True", wd, init=tiny_pretrain, total_steps=2)
   _, pre = latest_params(tiny_pretrain)
   _, post = latest_params(wd)
   assert_trees_close(post["params"]["backbone"], pre["params"]["model"]["backbone"], rtol=0, atol=0)
@@ -235,7 +229,7 @@ def test_linear_probe_trains_only_the_head(tmp_path, tiny_pretrain):
 
 def test_pretrained_api_on_a_demo_checkpoint(tmp_path):
   wd = str(tmp_path / "demo")
-  run_main("configs/demo.py:steps=2", wd, "--config.eval_examples=0", "--config.batch_size=16")
+  train_inprocess("demo:steps=2", wd, eval_examples=0, batch_size=16)
   model = pretrained.load(wd)
   assert model.config.model.variant == "nano/7" and model.step == 2
   images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
@@ -265,10 +259,10 @@ def test_knn_separable_features_are_all_right():
   test_y = rng.integers(0, 5, 200)
   train_x = centres[train_y] + rng.normal(size=(500, 16))
   test_x = centres[test_y] + rng.normal(size=(200, 16))
-  pred = knn.knn_predict(train_x, train_y, test_x, num_classes=5, k=20, temperature=0.07, chunk=64)
+  pred = knn_predict(train_x, train_y, test_x, num_classes=5, k=20, temperature=0.07, chunk=64)
   assert np.mean(pred == test_y) == 1.0
   # and chance on random labels
-  pred = knn.knn_predict(train_x, rng.permutation(train_y), test_x, num_classes=5)
+  pred = knn_predict(train_x, rng.permutation(train_y), test_x, num_classes=5)
   assert np.mean(pred == test_y) < 0.5
 
 
@@ -277,7 +271,7 @@ def test_finetune_configs_follow_the_paper():
   for name, variant, epochs in [("finetune_vit_s", "S/16", 200), ("finetune_vit_b", "B/16", 100),
                                 ("finetune_vit_l", "L/16", 50)]:
     c = load_config(name)
-    config_lib.validate(c, num_devices=8)
+    validate.validate(c, num_devices=8)
     assert c.model.variant == variant and c.total_epochs == epochs
     o = c.optim
     assert (o.name, o.base_lr, o.lr_base_batch, o.b1, o.b2, o.weight_decay) == (
@@ -289,8 +283,8 @@ def test_finetune_configs_follow_the_paper():
   c = load_config("finetune_vit_b", "init=/runs/pre,pool=tok")
   assert c.init == "/runs/pre" and c.model.pool == "tok"
   lp = load_config("linprobe_vit_b")
-  config_lib.validate(lp, num_devices=8)
+  validate.validate(lp, num_devices=8)
   assert lp.freeze_backbone and lp.head_batchnorm and lp.optim.name == "lars"
   assert lp.mixup.mixup_alpha == lp.mixup.cutmix_alpha == 0 and lp.augment.randaug_ops == 0
   for name in ("demo_finetune", "tiny_finetune"):
-    config_lib.validate(load_config(name), num_devices=1)
+    validate.validate(load_config(name), num_devices=1)

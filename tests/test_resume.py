@@ -88,11 +88,10 @@ def test_stop_signal_saves_exits_75_and_rerun_equals_uninterrupted(tmp_path, ref
   _assert_same_end(wd, reference)
 
 
-def test_killed_fine_tuning_resumes_exactly(tmp_path):
+def test_killed_fine_tuning_resumes_exactly(tmp_path, tiny_pretrain):
   """The same guarantee for a fine-tuning run (RandAug, mixup/cutmix, drop path,
   periodic evaluation and best/ checkpoints)."""
-  pre = str(tmp_path / "pre")
-  run_main("configs/tiny.py", pre, "--config.total_steps=2", "--config.eval_examples=0")
+  pre = tiny_pretrain
   overrides = ("--config.total_steps=60", "--config.checkpoint_every=4", "--config.eval_every=20",
                f"--config.init={pre}")
   ref, wd = str(tmp_path / "ref"), str(tmp_path / "killed")

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ebm_pretrain import config_lib, models, objectives, sorting
+from ebm_pretrain import errors, evaluators, models, objectives, sorting, validate
+from ebm_pretrain.objectives.sorting import SortingObjective
 from helpers import assert_trees_close, load_config
 from test_learning import structured_images
 
@@ -67,12 +68,12 @@ def test_shuffled_embeddings_are_a_permutation_of_the_true_ones():
 def test_sorting_config_checks():
   c = load_config("tiny", "task=sorting")
   assert (c.model.posemb, c.loss) == ("sincos2d", "mse")
-  config_lib.validate(c, num_devices=1)
+  validate.validate(c, num_devices=1)
   c.model.posemb = "learn"
   try:
-    config_lib.validate(c, num_devices=1)
+    validate.validate(c, num_devices=1)
     raise AssertionError("expected a ConfigError")
-  except config_lib.ConfigError as e:
+  except errors.ConfigError as e:
     assert "sincos2d" in str(e)
 
 
@@ -80,8 +81,8 @@ def test_training_on_a_fixed_batch_sorts_the_embeddings():
   c = load_config("tiny", "task=sorting")
   c.task_kwargs.edge_mask = False  # 4px patches: k = 2 would blank them
   c.alpha.init = 1.0
-  obj = objectives.get_objective(c)
-  assert isinstance(obj, objectives.SortingObjective)
+  obj = objectives.get(c)
+  assert isinstance(obj, SortingObjective)
   images = structured_images(jax.random.key(0), 16)
   batch = {"image": images, "valid": jnp.ones(16, bool)}
   params = jax.jit(obj.init)(jax.random.key(1), images)
@@ -108,8 +109,9 @@ def test_training_on_a_fixed_batch_sorts_the_embeddings():
   state = opt.init(params)
   for _ in range(60):
     params, state, _ = step(params, state)
-  totals = jax.device_get(jax.jit(obj.eval_sums)(params, {}, batch, rng))
-  summary = obj.eval_summary(totals)
+  ev = evaluators.build(c, obj, evaluators.Context.local())[0]  # the sorting evaluator
+  totals = jax.device_get(jax.jit(ev.batch_sums)(params, {}, batch, rng))
+  summary = {f"eval/{k}": v for k, v in ev.summary(totals, 16.0).items()}
   # The steps move the shuffled embeddings towards the true ones.
   assert summary["eval/pe_mse_step_2"] < 0.8 * summary["eval/pe_mse_shuffled"], summary
   assert summary["eval/pe_mse_step_1"] < summary["eval/pe_mse_shuffled"], summary

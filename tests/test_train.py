@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from ebm_pretrain import config_lib, train
+from ebm_pretrain import errors, objectives, optim, train, validate
 from helpers import assert_trees_close, latest_params, load_config, run_main
 
 
@@ -30,15 +30,15 @@ def test_invalid_config_names_the_field(field, value, message):
   else:
     parent, _, leaf = field.rpartition(".")
     (c[parent] if parent else c)[leaf] = value
-  with pytest.raises(config_lib.ConfigError, match=message):
-    config_lib.validate(c, num_devices=8)
+  with pytest.raises(errors.ConfigError, match=message):
+    validate.validate(c, num_devices=8)
 
 
 def test_all_configs_are_valid():
   for name, arg in [("vit_s", None), ("vit_b", "task=sr16"), ("vit_l", "task=mask_grid16"),
                     ("demo", None), ("tiny", None)]:
     c = load_config(name, arg)
-    config_lib.validate(c, num_devices=8 if c.batch_size % 8 == 0 else 1)
+    validate.validate(c, num_devices=8 if c.batch_size % 8 == 0 else 1)
 
 
 def test_paper_recipe_in_vit_configs():
@@ -47,7 +47,7 @@ def test_paper_recipe_in_vit_configs():
   assert c.batch_size == 256 and c.dtype == "bfloat16" and c.inner_steps == 2
   assert c.alpha.learnable and c.total_epochs == 200
   assert load_config("vit_l").total_epochs == 800
-  mask = train.decay_mask({"model": {"Transformer": {"encoderblock_0": {
+  mask = optim.decay_mask({"model": {"Transformer": {"encoderblock_0": {
       "LayerNorm_0": {"scale": 1, "bias": 1}, "MlpBlock_0": {"Dense_0": {"kernel": 1, "bias": 1}}}},
       "pos_embedding": 1, "cls": 1, "embedding": {"kernel": 1}}, "log_alpha": 1})
   flat = {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(mask)}
@@ -68,7 +68,7 @@ def test_eight_devices_equal_one_device(tmp_path):
   # updates of float noise; everything else agrees to rounding. Updates are ~5e-4.
   assert_trees_close(jax.device_get(s8["params"]), jax.device_get(s1["params"]), rtol=2e-5, atol=1e-5)
   # The update moved the parameters: the comparison is not between two inits.
-  init = train.objectives.get_objective(c).init(jax.random.split(jax.random.PRNGKey(0), 3)[0],
+  init = objectives.get(c).init(jax.random.split(jax.random.PRNGKey(0), 3)[0],
                                                  np.zeros((1, 16, 16, 3), np.float32))
   moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
                        jax.device_get(s1["params"]), init)

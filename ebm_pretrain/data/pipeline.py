@@ -98,6 +98,12 @@ class Augment:
   flip: bool = True
   randaug: tuple[int, float, float] | None = None
 
+  @classmethod
+  def from_config(cls, a) -> "Augment":
+    """From ``config.augment`` (crop_scale, flip, randaug_ops/_magnitude/_std)."""
+    randaug = (a.randaug_ops, a.randaug_magnitude, a.randaug_std) if a.randaug_ops else None
+    return cls(crop_scale=tuple(a.crop_scale), flip=a.flip, randaug=randaug)
+
 
 def decode_augment(element: dict, *, image_size: int, channels: int, train: bool,
                    rng: np.random.Generator, resize_to: int | None = None,

@@ -198,18 +198,18 @@ class Subset:
 def get_train_source(data_cfg) -> Sequence[dict]:
   """The training split, cut to ``data.train_fraction`` of its examples."""
   source = get_source(data_cfg, data_cfg.split)
-  fraction = data_cfg.get("train_fraction", 1.0)
-  return source if fraction == 1.0 else Subset(source, fraction, data_cfg.get("subset_seed", 0))
+  fraction = data_cfg.train_fraction
+  return source if fraction == 1.0 else Subset(source, fraction, data_cfg.subset_seed)
 
 
 def get_source(data_cfg, split: str) -> Sequence[dict]:
   kind = data_cfg.source
   if kind == "tfds":
-    return tfds_source(data_cfg.name, split, data_cfg.get("data_dir") or None)
+    return tfds_source(data_cfg.name, split, data_cfg.data_dir or None)
   if kind == "fashion_mnist_offline":
-    return fashion_mnist_source(split, _cache_dir(data_cfg), data_cfg.get("idx_dir") or None)
+    return fashion_mnist_source(split, _cache_dir(data_cfg), data_cfg.idx_dir or None)
   if kind == "folder":
-    folder = data_cfg.folder if split == "train" else data_cfg.get("eval_folder") or data_cfg.folder
+    folder = data_cfg.folder if split == "train" else data_cfg.eval_folder or data_cfg.folder
     digest = hashlib.sha1(fs.name(folder).encode()).hexdigest()[:12]
     # ArrayRecord writes local files: a cloud data_dir keeps this cache locally.
     cache = _cache_dir(data_cfg)
@@ -217,11 +217,11 @@ def get_source(data_cfg, split: str) -> Sequence[dict]:
     out = os.path.join(cache, f"folder_{digest}")
     return FolderSource(prepare_folder(folder, out))
   if kind == "synthetic":
-    return SyntheticSource(data_cfg.get("num_examples") or 1024, data_cfg.image_size,
+    return SyntheticSource(data_cfg.num_examples or 1024, data_cfg.image_size,
                            data_cfg.channels, seed=0 if split == "train" else 1)
   raise ValueError(f"unknown data.source {kind!r}; valid: tfds, fashion_mnist_offline, "
                    "folder, synthetic")
 
 
 def _cache_dir(data_cfg) -> str:
-  return fs.name(data_cfg.get("data_dir") or "~/tensorflow_datasets")
+  return fs.name(data_cfg.data_dir or "~/tensorflow_datasets")

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ebm_pretrain.errors import CheckpointError, fail
 from ebm_pretrain.models.layers import DropPath, PatchConv
 
 Dtype = Any
@@ -56,6 +57,72 @@ def posemb_sincos_2d(h: int, w: int, width: int, temperature: float = 10_000.,
 
 
 POSEMBS = ("learn", "sincos2d", "sincos2d_learn", "none", "zeros_learn")
+
+
+def check_options(variant: str, image_size: int, *, pool="tok", posemb="learn", remat="none",
+                  **_) -> None:
+  """ConfigError naming the ``config.model`` field this ViT cannot take."""
+  try:
+    patch = decode_variant(variant)["patch_size"]
+  except ValueError as e:
+    fail("model.variant", str(e))
+  if image_size % patch:
+    fail("model.variant", f"patch size {patch} does not divide data.image_size={image_size}")
+  if pool not in ("tok", "gap"):
+    fail("model.pool", f"{pool!r}; valid: tok, gap")
+  if posemb not in POSEMBS:
+    fail("model.posemb", f"{posemb!r}; valid: {', '.join(POSEMBS)}")
+  if remat not in REMAT_POLICIES:
+    fail("model.remat", f"{remat!r}; valid: {', '.join(REMAT_POLICIES)}")
+
+
+def finetune(model: dict) -> dict:
+  """The ``config.model`` to fine-tune a ViT pretrained with ``model`` (MAE / paper
+  Table A): global pooling, drop path 0.1; fixed sin-cos position embeddings
+  become trainable from their sin-cos values (appendix A.2), and an encoder
+  pretrained without any (AE + sorting) gets trainable ones from zeros."""
+  posemb = model.get("posemb", "learn")
+  posemb = {"sincos2d": "sincos2d_learn", "none": "zeros_learn"}.get(posemb, posemb)
+  return dict(model, pool="gap", drop_path=0.1, posemb=posemb)
+
+
+def interpolate_posemb(posemb: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+  """[1, h*w, D] position embeddings of a square h x w grid -> [1, gh*gw, D],
+  resized bicubically on the 2D grid (MAE's ``interpolate_pos_embed``)."""
+  n, d = posemb.shape[1], posemb.shape[2]
+  side = int(round(n ** 0.5))
+  if side * side != n:
+    raise CheckpointError(f"pos_embedding has {n} positions, not a square grid; cannot interpolate it")
+  if (side, side) == tuple(grid):
+    return posemb
+  x = jnp.asarray(posemb, jnp.float32).reshape(side, side, d)
+  x = jax.image.resize(x, (grid[0], grid[1], d), method="bicubic")
+  return np.asarray(x.reshape(1, grid[0] * grid[1], d), posemb.dtype)
+
+
+def load(target: dict, loaded: dict, model: dict, log=print) -> dict:
+  """``target`` ViT params with the ``loaded`` ones: position embeddings of another
+  grid are resampled; the cls token may be dropped (fine-tuning pools globally);
+  position embeddings may be fresh where ``model`` makes them trainable from
+  sin-cos values or zeros (``finetune``)."""
+  from ebm_pretrain.models import loading
+
+  def adapt(path, w, shape):
+    side = int(round(shape[1] ** 0.5)) if len(shape) == 3 else 0
+    if path.split("/")[-1] == "pos_embedding" and w.ndim == 3 and w.shape[-1] == shape[-1] \
+        and side * side == shape[1]:
+      log(f"Interpolating {path} from {w.shape[1]} to {shape[1]} positions")
+      return interpolate_posemb(w, (side, side))
+    return w
+  fresh = ("pos_embedding",) if model.get("posemb") in ("sincos2d_learn", "zeros_learn") else ()
+  try:
+    return loading.match(target, loaded, unused_ok=("cls",), fresh_ok=fresh, adapt=adapt, log=log)
+  except CheckpointError as e:
+    if "pos_embedding" in str(e) and not fresh:
+      raise CheckpointError(f"{e}\n(a checkpoint pretrained with fixed sin-cos position "
+                              "embeddings has no pos_embedding: fine-tune with "
+                              "--config.model.posemb=sincos2d_learn)") from None
+    raise
 
 
 def layer_id(path: str, variant: str) -> tuple[int, int]:

@@ -1,15 +1,17 @@
 """The baselines the paper compares against, as objectives of the same trainer:
 
-* ``task=ae_<corruption>`` (e.g. ``ae_sr16``, ``ae_denoise``): an MAE-style
-  asymmetric autoencoder: the ViT encoder sees the corrupted image, a light
-  transformer decoder predicts the clean pixels of every patch (MSE).
-* ``task=ae_sorting``: the encoder has no position embedding and sees the
+* ``objective=autoencoder`` (``:task=ae_<corruption>``, e.g. ``ae_sr16``): an
+  MAE-style asymmetric autoencoder: the ViT encoder sees the image corrupted by
+  ``config.task``, a light transformer decoder predicts the clean pixels of
+  every patch (MSE).
+* ``objective=ae_sorting``: the encoder has no position embedding and sees the
   patches of the sorting task (edge masking, 50% patch dropout); the decoder,
   also without position embeddings, classifies each kept patch's position
   (cross-entropy). Fine-tuning adds trainable position embeddings from zeros.
-* ``task=mae``: MAE (He et al. 2022): 75% of the patches masked at random, the
-  encoder on the visible ones only, mask tokens and sin-cos position embeddings
-  in the decoder, MSE on per-patch normalised pixels of the masked patches.
+* ``objective=mae``: MAE (He et al. 2022): 75% of the patches masked at random,
+  the encoder on the visible ones only, mask tokens and sin-cos position
+  embeddings in the decoder, MSE on per-patch normalised pixels of the masked
+  patches.
 
 Parameters are ``{"model": {"backbone": ..., "decoder": ...}}``: fine-tuning
 takes ``backbone`` as from an energy pretraining. The decoder drops the cls
@@ -23,11 +25,15 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from ebm_pretrain import checkpoints, config_lib, corruptions, models, sorting
+from ebm_pretrain import models, sorting
+from ebm_pretrain.errors import fail
 from ebm_pretrain.models import vit
-
-AE_PREFIX, MAE, is_baseline = config_lib.AE_PREFIX, config_lib.MAE, config_lib.is_baseline
+from ebm_pretrain.energy import weighted_mean
+from ebm_pretrain.objectives.base import DTYPES, Base, get_backbone
+from ebm_pretrain.objectives.restoration import check_corruption, make_corruption
+from ebm_pretrain.objectives.sorting import check_settings, set_defaults
 
 
 def patchify(images, patch: int):
@@ -68,24 +74,31 @@ class Decoder(nn.Module):
 
 
 @dataclasses.dataclass
-class _Autoencoder:
+class _Autoencoder(Base):
   """Shared: a ViT encoder (``config.model``) and a decoder (``config.decoder``)."""
-  config: Any
+  backbone_path = ("model", "backbone")
+  decoder_posemb = True   # sin-cos position embeddings in the decoder
+  keep_ratio = None       # the encoder sees all patches; else a random subset
 
   def __post_init__(self):
     c = self.config
-    if c.model.name != "vit":
-      raise config_lib.ConfigError(f"config.task={c.task}: the autoencoder baselines are "
-                                   f"ViT-only (MAE's design), got model.name={c.model.name}")
-    self.backbone = models.get_backbone("vit", c.model.variant, **config_lib.model_kwargs(c))
-    dtypes = dict(dtype=config_lib.DTYPES[c.dtype], param_dtype=config_lib.DTYPES[c.param_dtype])
+    self.backbone = get_backbone(c)
     self.patch = models.decode_variant(c.model.variant)["patch_size"]
     d = c.decoder
     self.decoder = Decoder(d.width, d.depth, d.num_heads, self.out_dim(),
-                           posemb=self.decoder_posemb, **dtypes)
+                           posemb=self.decoder_posemb, dtype=DTYPES[c.dtype],
+                           param_dtype=DTYPES[c.param_dtype])
 
-  decoder_posemb = True   # sin-cos position embeddings in the decoder
-  keep_ratio = None       # the encoder sees all patches; else a random subset
+  @classmethod
+  def check(cls, config) -> None:
+    if config.model.name != "vit":
+      fail("objective", f"{config.objective}: the autoencoder baselines are ViT-only (MAE's "
+           f"design), got model.name={config.model.name}")
+    for f in ("width", "depth", "num_heads"):
+      if config.decoder[f] < 1:
+        fail(f"decoder.{f}", f"must be >= 1, got {config.decoder[f]}")
+    if config.decoder.width % config.decoder.num_heads:
+      fail("decoder.width", f"{config.decoder.width} is not divisible by decoder.num_heads")
 
   def out_dim(self) -> int:
     return self.patch * self.patch * self.config.data.channels
@@ -109,45 +122,36 @@ class _Autoencoder:
     decoder = self.decoder.init(k2, tokens, keep, grid)["params"]
     return {"model": {"backbone": backbone, "decoder": decoder}}
 
-  def init_model_state(self, rng, images):
-    return {}
-
-  def frozen(self, path: str) -> bool:
-    return False
-
-  def lr_multipliers(self, params):
-    return None
-
-  def init_from(self, params, path: str, log=print):
-    backbone = checkpoints.pretrained_backbone(self.config, params["model"]["backbone"], path,
-                                               log)
-    return {"model": dict(params["model"], backbone=backbone)}
+  def _per_example(self, params, images, rng, train, drop_rng):
+    raise NotImplementedError
 
   def loss(self, params, model_state, batch, rng):
     k_task, k_drop = jax.random.split(rng)
-    per_example = self.per_example_loss(params["model"], batch["image"], k_task, True, k_drop)
-    w = batch["valid"].astype(jnp.float32)
-    return jnp.sum(w * per_example) / jnp.maximum(jnp.sum(w), 1.0), ({}, model_state)
+    per_example = self._per_example(params["model"], batch["image"], k_task, True, k_drop)
+    return weighted_mean(per_example, batch["valid"].astype(jnp.float32)), ({}, model_state)
 
-  def eval_sums(self, params, model_state, batch, rng):
-    per_example = self.per_example_loss(params["model"], batch["image"], rng, False, None)
-    w = batch["valid"].astype(jnp.float32)
-    return {"loss": jnp.sum(w * per_example), "count": jnp.sum(w)}
+  def per_example_loss(self, params, model_state, batch, rng):
+    """[B]: the loss of each example in eval mode (the ``loss`` evaluator)."""
+    return self._per_example(params["model"], batch["image"], rng, False, None)
 
-  def eval_summary(self, totals: dict[str, float]) -> dict[str, float]:
-    return {"eval/loss": totals["loss"] / max(totals.get("count", 0.0), 1.0)}
+  @classmethod
+  def default_evals(cls) -> dict[str, dict]:
+    return {"loss": dict(type="loss")}
 
 
 class PixelAutoencoder(_Autoencoder):
-  """``ae_<corruption>``: corrupted image in, clean pixels of every patch out."""
+  """``autoencoder``: image corrupted by ``config.task`` in, clean pixels of every patch out."""
 
   def __post_init__(self):
     super().__post_init__()
-    self.corrupt = corruptions.from_spec(
-        self.config.task[len(AE_PREFIX):], mean=tuple(self.config.data.mean),
-        std=tuple(self.config.data.std), **self.config.task_kwargs.to_dict())
+    self.corrupt = make_corruption(self.config)
 
-  def per_example_loss(self, params, images, rng, train, drop_rng):
+  @classmethod
+  def check(cls, config) -> None:
+    super().check(config)
+    check_corruption(config)
+
+  def _per_example(self, params, images, rng, train, drop_rng):
     pred = self._apply(params, self.corrupt(rng, images), None, train, drop_rng)
     return jnp.mean((pred - patchify(images, self.patch)) ** 2, axis=(1, 2))
 
@@ -162,11 +166,23 @@ class SortingAutoencoder(_Autoencoder):
     self.keep_ratio = self.kwargs["keep_ratio"]
     super().__post_init__()
 
+  @classmethod
+  def defaults(cls, config) -> None:
+    set_defaults(config, posemb="none")  # no position embedding anywhere
+
+  @classmethod
+  def check(cls, config) -> None:
+    super().check(config)
+    check_settings(config)
+    if config.model.get("posemb") != "none":
+      fail("model.posemb", "ae_sorting's encoder has no position embedding (posemb=none), "
+           f"got {config.model.posemb!r}")
+
   def out_dim(self) -> int:
     gh = self.config.data.image_size // self.patch
     return gh * gh
 
-  def per_example_loss(self, params, images, rng, train, drop_rng):
+  def _per_example(self, params, images, rng, train, drop_rng):
     images, keep = sorting.regularise(rng, images, self.patch, self.keep_ratio,
                                       self.kwargs["edge_mask"])
     logits = self._apply(params, images, keep, train, drop_rng)  # [B, N, N]
@@ -180,10 +196,21 @@ class MAEObjective(_Autoencoder):
   normalised pixels on the masked ones."""
 
   def __post_init__(self):
-    self.keep_ratio = 1.0 - self.config.task_kwargs.get("mask_ratio", 0.75)
+    self.keep_ratio = 1.0 - self.config.task_kwargs.mask_ratio
     super().__post_init__()
 
-  def per_example_loss(self, params, images, rng, train, drop_rng):
+  @classmethod
+  def defaults(cls, config) -> None:
+    config.task_kwargs = ml_collections.ConfigDict(dict(mask_ratio=0.75))
+
+  @classmethod
+  def check(cls, config) -> None:
+    super().check(config)
+    if not 0 < config.task_kwargs.get("mask_ratio", -1) < 1:
+      fail("task_kwargs.mask_ratio", f"must be in (0, 1), got "
+           f"{config.task_kwargs.get('mask_ratio')}")
+
+  def _per_example(self, params, images, rng, train, drop_rng):
     gh, gw = self.backbone.patch_grid(images.shape[1:3])
     keep = sorting.keep_indices(rng, images.shape[0], gh * gw, self.keep_ratio)
     pred = self._apply(params, images, keep, train, drop_rng)
@@ -200,11 +227,3 @@ def mae_loss(pred, patches, keep):
   masked = jnp.ones((b, n)).at[jnp.arange(b)[:, None], keep].set(0.0)
   err = jnp.mean((pred - target) ** 2, axis=-1)
   return jnp.sum(err * masked, axis=1) / jnp.sum(masked, axis=1)
-
-
-def get(config):
-  if config.task == MAE:
-    return MAEObjective(config)
-  if config.task == AE_PREFIX + config_lib.SORTING:
-    return SortingAutoencoder(config)
-  return PixelAutoencoder(config)

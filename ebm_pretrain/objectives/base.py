@@ -1,0 +1,127 @@
+"""The ``Objective`` protocol the trainer, the evaluators and ``pretrained`` talk
+to, and ``Base``, which gives every objective its defaults (so that nothing asks
+``hasattr``).
+
+An objective owns its model and how to initialise it, its loss on a normalised
+batch and that loss's gradient, the pictures it draws, the metric names it
+shows on the console, the evaluators it is judged by when ``config.evals`` is
+empty, its config defaults (``defaults``, applied by ``recipes.set_objective``)
+and its config checks (``check``, called by ``validate``). Parameters are one
+pytree; ``backbone_path`` says where the backbone sits in it, which is what
+fine-tuning, kNN and export carry over.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol, runtime_checkable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ebm_pretrain import checkpoints, models
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def model_kwargs(config) -> dict:
+  """Everything in ``config.model`` besides name/variant, plus the dtypes: the
+  keyword arguments of the backbone factory."""
+  kw = {k: v for k, v in config.model.to_dict().items() if k not in ("name", "variant")}
+  return dict(kw, dtype=DTYPES[config.dtype], param_dtype=DTYPES[config.param_dtype])
+
+
+@runtime_checkable
+class Objective(Protocol):
+  config: Any
+  backbone: nn.Module
+  backbone_path: tuple[str, ...]
+
+  def init(self, rng, images) -> dict: ...
+  def init_model_state(self, rng, images) -> dict: ...
+  def loss(self, params, model_state, batch, rng): ...
+  def value_and_grad(self, params, model_state, batch, rng): ...
+  def frozen(self, path: str) -> bool: ...
+  def lr_multipliers(self, params): ...
+  def init_from(self, params, path: str, log=print) -> dict: ...
+  def backbone_params(self, params) -> dict: ...
+  def features(self, params, model_state, images): ...
+  def visualize(self, params, batch, rng) -> dict | None: ...
+  def console_metrics(self) -> list[str]: ...
+  @classmethod
+  def default_evals(cls) -> dict[str, dict]: ...
+
+
+@dataclasses.dataclass
+class Base:
+  """Defaults for every method of :class:`Objective` but ``init`` and ``loss``.
+
+  ``loss(params, model_state, batch, rng) -> (loss, (metrics, new model_state))``
+  takes a normalised batch ``{"image", "label", "valid"}``; ``metrics`` are
+  scalars averaged over the log interval.
+  """
+  config: Any
+  backbone_path = ("backbone",)
+
+  # -- config ------------------------------------------------------------------
+  @classmethod
+  def defaults(cls, config) -> None:
+    """Sets, in place, the config fields this objective needs other than the
+    recipe's (``recipes.set_objective``)."""
+
+  @classmethod
+  def check(cls, config) -> None:
+    """Raises ConfigError (``errors.fail``) naming a field this objective cannot take."""
+
+  # -- parameters ---------------------------------------------------------------
+  def init_model_state(self, rng, images) -> dict:
+    return {}  # non-trained variables (BatchNorm statistics)
+
+  def frozen(self, path: str) -> bool:
+    return False
+
+  def lr_multipliers(self, params):
+    return None  # per-parameter lr factors (layer-wise decay), or None
+
+  def backbone_params(self, params) -> dict:
+    for key in self.backbone_path:
+      params = params[key]
+    return params
+
+  def init_from(self, params, path: str, log=print) -> dict:
+    """``params`` with the backbone of the checkpoint at ``path``; everything else
+    (heads, decoders, alpha) stays fresh."""
+    backbone = checkpoints.pretrained_backbone(self.config, self.backbone_params(params), path,
+                                               log)
+
+    def put(tree, keys):
+      return backbone if not keys else dict(tree, **{keys[0]: put(tree[keys[0]], keys[1:])})
+    return put(params, self.backbone_path)
+
+  # -- computation --------------------------------------------------------------
+  def loss(self, params, model_state, batch, rng):
+    raise NotImplementedError
+
+  def value_and_grad(self, params, model_state, batch, rng):
+    return jax.value_and_grad(self.loss, has_aux=True)(params, model_state, batch, rng)
+
+  def features(self, params, model_state, images):
+    """Backbone features [B, D] (what kNN and linear probes read)."""
+    return self.backbone.apply({"params": self.backbone_params(params)}, images)
+
+  def visualize(self, params, batch, rng) -> dict | None:
+    """Named normalised images to draw side by side, or None (nothing to draw)."""
+    return None
+
+  def console_metrics(self) -> list[str]:
+    """The training metrics the console line shows, in order (all go to the logs)."""
+    return ["loss"]
+
+  @classmethod
+  def default_evals(cls) -> dict[str, dict]:
+    """``config.evals`` when the config leaves it empty."""
+    return {}
+
+
+def get_backbone(config) -> nn.Module:
+  return models.get_backbone(config.model.name, config.model.variant, **model_kwargs(config))

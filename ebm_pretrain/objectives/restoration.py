@@ -1,0 +1,152 @@
+"""The energy objective on pixels (paper Eq. 5): corrupt, restore by N energy
+descent steps, mean restoration error of every step. ``EnergyModelObjective``
+holds what it shares with patch sorting: the energy model (backbone + bias-free
+Dense(1)) and the learnable step size alpha."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ebm_pretrain import corruptions, energy, models
+from ebm_pretrain.errors import fail
+from ebm_pretrain.objectives.base import Base, model_kwargs
+
+
+class Problem(NamedTuple):
+  """One restoration problem: descend ``energy_fn(model_params, x)`` from ``start``
+  towards ``target``, scored with ``loss`` (a name in ``energy.LOSSES``)."""
+  energy_fn: Callable
+  start: jax.Array
+  target: jax.Array
+  loss: str
+
+
+@dataclasses.dataclass
+class EnergyModelObjective(Base):
+  """An energy model (backbone + bias-free Dense(1)) and a learnable step size
+  alpha; a subclass says what is restored (``problem``)."""
+  backbone_path = ("model", "backbone")
+
+  def __post_init__(self):
+    c = self.config
+    self.model = models.get_energy_model(c.model.name, c.model.variant, **model_kwargs(c))
+    self.backbone = self.model.backbone
+
+  @classmethod
+  def check(cls, config) -> None:
+    if not isinstance(config.inner_steps, int) or config.inner_steps < 1:
+      fail("inner_steps", f"must be an int >= 1, got {config.inner_steps!r}")
+    if config.loss not in energy.LOSSES:
+      fail("loss", f"{config.loss!r}; valid: {', '.join(energy.LOSSES)}")
+    if not config.alpha.init > 0:
+      fail("alpha.init", f"must be positive, got {config.alpha.init}")
+
+  def init(self, rng, images):
+    return {"model": self.model.init(rng, images)["params"],
+            "log_alpha": energy.log_alpha_init(self.config.alpha.init)}
+
+  def frozen(self, path: str) -> bool:
+    return path == "log_alpha" and not self.config.alpha.learnable
+
+  def alpha(self, params):
+    return energy.alpha_from_log(params["log_alpha"])
+
+  def _split(self, params):
+    return params["model"], self.alpha(params)
+
+  def problem(self, batch, rng) -> Problem:
+    raise NotImplementedError
+
+  def chain(self, params, problem: Problem) -> jax.Array:
+    """[N, ...]: the restoration steps x^1..x^N of ``problem.start``."""
+    return energy.restore(problem.energy_fn, params["model"], problem.start,
+                          self.alpha(params), self.config.inner_steps, unroll=self.config.unroll)
+
+  def _metrics(self, params, p: Problem, aux, batch, model_state):
+    metrics = {"alpha": self.alpha(params),
+               "corrupted_error": energy.pixel_error(p.start, p.target, p.loss, batch["valid"])}
+    metrics.update({f"step_error_{n + 1}": e for n, e in enumerate(aux["step_errors"])})
+    return metrics, model_state
+
+  def _kwargs(self, p: Problem, batch):
+    c = self.config
+    return dict(loss=p.loss, unroll=c.unroll, remat=c.inner_remat,
+                weights=batch["valid"].astype(jnp.float32))
+
+  def loss(self, params, model_state, batch, rng):
+    """The mean restoration error over the N steps (one jax.value_and_grad over all)."""
+    p = self.problem(batch, rng)
+    total, aux = energy.restoration_loss(p.energy_fn, *self._split(params), p.start, p.target,
+                                         self.config.inner_steps, with_aux=True,
+                                         **self._kwargs(p, batch))
+    return total, self._metrics(params, p, aux, batch, model_state)
+
+  def value_and_grad(self, params, model_state, batch, rng):
+    """``jax.value_and_grad(self.loss, has_aux=True)``; with ``config.stepwise_grads``
+    each step's gradient is taken before the next step runs (same value and
+    gradient, less memory: ``energy.restoration_value_and_grad``)."""
+    if not self.config.stepwise_grads:
+      return super().value_and_grad(params, model_state, batch, rng)
+    p = self.problem(batch, rng)
+    (total, aux), grads = energy.restoration_value_and_grad(
+        p.energy_fn, self._split, params, p.start, p.target, self.config.inner_steps,
+        **self._kwargs(p, batch))
+    return (total, self._metrics(params, p, aux, batch, model_state)), grads
+
+  def console_metrics(self) -> list[str]:
+    steps = [f"step_error_{n + 1}" for n in range(self.config.inner_steps)]
+    return ["loss", *steps, "corrupted_error", "alpha"]
+
+
+def make_corruption(config) -> Callable[[Any, jax.Array], jax.Array]:
+  return corruptions.from_spec(config.task, mean=tuple(config.data.mean),
+                               std=tuple(config.data.std), **config.task_kwargs.to_dict())
+
+
+def check_corruption(config, field: str = "task") -> None:
+  """ConfigError unless ``config.task`` (with ``task_kwargs``) is a corruption of this data."""
+  ratio = config.task_kwargs.get("ratio", None)
+  if ratio is not None and not 0 < ratio < 1:
+    fail("task_kwargs.ratio", f"must be in (0, 1), got {ratio}")
+  try:
+    corruptions.parse_spec(config.task)
+    make_corruption(config)
+  except (ValueError, TypeError) as e:
+    fail(field, f"{e} (or an objective's short name: sorting, ae_<task>, mae)")
+  if config.task == "colorize" and config.data.channels != 3:
+    fail(field, f"colorize needs 3-channel data; data.channels={config.data.channels}")
+
+
+@dataclasses.dataclass
+class EnergyObjective(EnergyModelObjective):
+  """Paper Eq. 5: restore corrupted images (``config.task``) by N energy-descent steps."""
+
+  def __post_init__(self):
+    super().__post_init__()
+    self.energy_fn = models.energy_fn_of(self.model)
+    self.corrupt = make_corruption(self.config)
+
+  @classmethod
+  def check(cls, config) -> None:
+    super().check(config)
+    check_corruption(config)
+
+  def problem(self, batch, rng) -> Problem:
+    x = batch["image"]
+    return Problem(self.energy_fn, self.corrupt(rng, x), x, self.config.loss)
+
+  def visualize(self, params, batch, rng) -> dict[str, jax.Array]:
+    """Corrupted input, each restoration step, and the original (normalised)."""
+    p = self.problem(batch, rng)
+    chain = self.chain(params, p)
+    out = {"corrupted": p.start}
+    out.update({f"step_{n + 1}": chain[n] for n in range(chain.shape[0])})
+    out["original"] = p.target
+    return out
+
+  @classmethod
+  def default_evals(cls) -> dict[str, dict]:
+    return {"psnr": dict(type="psnr")}

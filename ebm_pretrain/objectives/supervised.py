@@ -1,0 +1,121 @@
+"""Softmax cross-entropy of the backbone plus a linear classifier: fine-tuning
+(paper Table A: mixup/cutmix, label smoothing, drop path, layer-wise lr decay),
+linear probing (``freeze_backbone``, BatchNorm head), training from scratch,
+and the benchmark's reference step."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ebm_pretrain import mixing, models
+from ebm_pretrain.errors import fail
+from ebm_pretrain.energy import weighted_mean
+from ebm_pretrain.objectives.base import DTYPES, Base, get_backbone
+from ebm_pretrain.trees import path_str
+
+
+class ClassifierHead(nn.Module):
+  """Linear classifier on backbone features; with ``batchnorm``, preceded by a
+  BatchNorm without affine parameters (MAE's linear probing)."""
+  num_classes: int
+  batchnorm: bool = False
+  init_std: float = 2e-5
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features, train: bool = False):
+    if self.batchnorm:
+      features = nn.BatchNorm(use_running_average=not train, use_bias=False, use_scale=False,
+                              momentum=0.9, epsilon=1e-6, dtype=jnp.float32, name="norm")(
+                                  features.astype(jnp.float32))
+    return nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(self.init_std),
+                    dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(features)
+
+
+@dataclasses.dataclass
+class SupervisedObjective(Base):
+
+  def __post_init__(self):
+    c = self.config
+    self.backbone = get_backbone(c)
+    self.head = ClassifierHead(c.num_classes, batchnorm=c.head_batchnorm,
+                               init_std=c.head_init_std, dtype=DTYPES[c.dtype],
+                               param_dtype=DTYPES[c.param_dtype])
+    self.freeze_backbone = c.freeze_backbone
+
+  @classmethod
+  def check(cls, config) -> None:
+    if config.num_classes < 2:
+      fail("num_classes", f"must be >= 2, got {config.num_classes}")
+    if not 0 < config.layer_decay <= 1:
+      fail("layer_decay", f"must be in (0, 1], got {config.layer_decay}")
+    if not 0 <= config.label_smoothing < 1:
+      fail("label_smoothing", f"must be in [0, 1), got {config.label_smoothing}")
+
+  def _features(self, params, images, train, rng):
+    if self.freeze_backbone:  # linear probing: no drop path, no backbone gradients
+      return jax.lax.stop_gradient(self.backbone.apply({"params": params["backbone"]}, images))
+    rngs = {"dropout": rng} if train else None
+    return self.backbone.apply({"params": params["backbone"]}, images, train=train, rngs=rngs)
+
+  def init(self, rng, images):
+    k1, k2 = jax.random.split(rng)
+    backbone = self.backbone.init(k1, images)["params"]
+    features = self.backbone.apply({"params": backbone}, images)
+    return {"backbone": backbone, "head": self.head.init(k2, features)["params"]}
+
+  def init_model_state(self, rng, images):
+    features = jax.eval_shape(lambda: self.backbone.init_with_output(rng, images)[0])
+    variables = self.head.init(rng, jnp.zeros(features.shape, features.dtype))
+    return {k: v for k, v in variables.items() if k != "params"}
+
+  def frozen(self, path: str) -> bool:
+    return self.freeze_backbone and path.startswith("backbone/")
+
+  def lr_multipliers(self, params):
+    """Layer-wise lr decay (BEiT/MAE): decay ** (num_layers - layer of the param)."""
+    decay = self.config.layer_decay
+    if decay == 1.0:
+      return None
+    m = self.config.model
+
+    def factor(path, _):
+      p = path_str(path)
+      if not p.startswith("backbone/"):
+        return 1.0
+      i, n = models.layer_id(m.name, m.variant, p[len("backbone/"):])
+      return float(decay ** (n - i))
+    return jax.tree_util.tree_map_with_path(factor, params)
+
+  def logits(self, params, model_state, images, train=False, rng=None):
+    features = self._features(params, images, train, rng)
+    variables = {"params": params["head"], **model_state}
+    if train and model_state:
+      logits, new_state = self.head.apply(variables, features, train=True,
+                                          mutable=list(model_state))
+      return logits.astype(jnp.float32), dict(new_state)
+    return self.head.apply(variables, features, train=train).astype(jnp.float32), model_state
+
+  def loss(self, params, model_state, batch, rng):
+    c = self.config
+    k_mix, k_drop = jax.random.split(rng)
+    images, targets, _ = mixing.mixup_cutmix(
+        k_mix, batch["image"], batch["label"], num_classes=c.num_classes,
+        smoothing=c.label_smoothing, **c.mixup.to_dict())
+    logits, model_state = self.logits(params, model_state, images, train=True, rng=k_drop)
+    w = batch["valid"].astype(jnp.float32)
+    ce = -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
+    acc = weighted_mean(jnp.argmax(logits, -1) == batch["label"], w)
+    return weighted_mean(ce, w), ({"accuracy": acc}, model_state)
+
+  def console_metrics(self) -> list[str]:
+    return ["loss", "accuracy"]
+
+  @classmethod
+  def default_evals(cls) -> dict[str, dict]:
+    return {"top1": dict(type="top1")}

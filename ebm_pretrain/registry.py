@@ -1,0 +1,33 @@
+"""Name -> class tables that a config picks from (objectives, evaluators); the
+package's entries are "module:Class" strings, imported on first use."""
+from __future__ import annotations
+
+import importlib
+
+from ebm_pretrain.errors import fail
+
+
+class Registry:
+
+  def __init__(self, field: str, entries: dict[str, object]):
+    self.field = field  # the config field that names an entry, for messages
+    self._entries = dict(entries)
+
+  def register(self, name: str, cls) -> None:
+    self._entries[name] = cls
+
+  def names(self) -> list[str]:
+    return sorted(self._entries)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._entries
+
+  def get(self, name: str, field: str | None = None):
+    """The class registered as ``name``; ConfigError naming ``field`` if none is."""
+    if name not in self._entries:
+      fail(field or self.field, f"unknown {name!r}; valid: {', '.join(self.names())}")
+    entry = self._entries[name]
+    if isinstance(entry, str):
+      module, cls = entry.split(":")
+      entry = self._entries[name] = getattr(importlib.import_module(module), cls)
+    return entry

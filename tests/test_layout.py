@@ -1,0 +1,57 @@
+"""The import graph goes one way: the method, the models and the data know
+nothing of the trainer, objectives, evaluators or recipes."""
+import ast
+import os
+
+from helpers import ROOT
+
+LOW = ["energy.py", "corruptions.py", "sorting.py", "models", "data", "trees.py", "errors.py",
+       "fs.py", "tasks.py"]
+HIGH = {"train", "main", "objectives", "evaluators", "recipes", "config_lib", "validate",
+        "checkpoints", "pretrained", "benchmark", "knn", "optim"}
+
+
+def _imports(path):
+  tree = ast.parse(open(path).read())
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      yield node.module, [a.name for a in node.names]
+    elif isinstance(node, ast.Import):
+      for a in node.names:
+        yield a.name, []
+
+
+def _ebm_modules(module, names):
+  parts = module.split(".")
+  if parts[0] != "ebm_pretrain":
+    return set()
+  if len(parts) > 1:
+    return {parts[1]}
+  return set(names)  # from ebm_pretrain import x, y
+
+
+def test_low_level_modules_import_nothing_above_them():
+  pkg = os.path.join(ROOT, "ebm_pretrain")
+  files = []
+  for entry in LOW:
+    p = os.path.join(pkg, entry)
+    files += [os.path.join(p, f) for f in os.listdir(p) if f.endswith(".py")] \
+        if os.path.isdir(p) else [p]
+  assert len(files) > 12
+  bad = {}
+  for f in files:
+    used = set().union(*[_ebm_modules(m, n) for m, n in _imports(f)] or [set()])
+    if used & HIGH:
+      bad[os.path.relpath(f, ROOT)] = sorted(used & HIGH)
+  assert not bad, bad
+
+
+def test_the_trainer_asks_objectives_nothing_by_introspection():
+  src = open(os.path.join(ROOT, "ebm_pretrain", "train.py")).read()
+  assert "hasattr(" not in src and "getattr(" not in src and "config.get(" not in src
+
+
+def test_configs_written_against_config_lib_still_work():
+  from ebm_pretrain import config_lib, recipes, validate
+  assert config_lib.pretrain_defaults().to_dict() == recipes.pretrain_defaults().to_dict()
+  assert config_lib.validate is validate.validate and config_lib.set_task is recipes.set_task
