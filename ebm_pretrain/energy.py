@@ -212,3 +212,20 @@ def restoration_value_and_grad(energy_fn: EnergyFn, split: Callable[[Params], tu
   _, grads, errors = lax.fori_loop(0, num_steps, body, (jnp.asarray(x0, dtype), zeros, errors),
                                    unroll=bool(unroll))
   return (jnp.mean(errors), {"step_errors": errors}), grads
+
+
+# ----------------------------------------------------------------------------
+# N = 0: corrupted images as negatives (appendix B.1, Figure A).
+# ----------------------------------------------------------------------------
+def contrastive_loss(energy_fn: EnergyFn, params: Params, x_pos: Array, x_neg: Array,
+                     reg: float, weights: Array | None = None) -> tuple[Array, dict]:
+  """Eq. 3 as a loss, with the negatives given instead of sampled: lower the
+  energy of the clean images ``x_pos``, raise that of their corruptions
+  ``x_neg``, plus Du & Mordatch (2019)'s regulariser ``reg`` (E⁺² + E⁻²) that
+  keeps the energies from drifting without bound. Returns (loss, {"energy_pos",
+  "energy_neg"}); ``weights`` [B] weight the examples (0 for padding)."""
+  e_pos = energy_fn(params, x_pos).astype(_restoration_dtype(x_pos.dtype))
+  e_neg = energy_fn(params, lax.stop_gradient(x_neg)).astype(e_pos.dtype)
+  w = jnp.ones(e_pos.shape, e_pos.dtype) if weights is None else weights.astype(e_pos.dtype)
+  loss = weighted_mean(e_pos - e_neg + reg * (e_pos ** 2 + e_neg ** 2), w)
+  return loss, {"energy_pos": weighted_mean(e_pos, w), "energy_neg": weighted_mean(e_neg, w)}

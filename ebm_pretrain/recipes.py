@@ -69,6 +69,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.stepwise_grads = True       # each step's outer gradient before the next step (less memory)
   c.loss = "smooth_l1"          # Listing 1; "mse" is Eq. 5
   c.alpha = ml_collections.ConfigDict(dict(init=0.1, learnable=True))
+  c.energy_reg = 1.0            # objective=contrastive (N = 0): weight of E⁺² + E⁻²
   # The ae_* / mae baselines' light decoder (MAE's ViT-B/L decoder: 512 wide, 8 deep).
   c.decoder = ml_collections.ConfigDict(dict(width=512, depth=8, num_heads=16))
 
@@ -80,6 +81,7 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
       train_fraction=1.0,  # train on a fixed random subset (e.g. 0.01 of the labels)
       eval_resize=0,      # eval: resize the short side to this (0: image_size), center crop
       subset_seed=0,      # which train_fraction subset
+      holdout=0,          # training examples held out for validation (eval_split="holdout")
       eval_folder=""))    # source=folder: the eval images (default: folder)
   # Training augmentation: RandomResizedCrop + flip; RandAug when randaug_ops > 0.
   a = pipeline.Augment()

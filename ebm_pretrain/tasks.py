@@ -14,18 +14,21 @@ AE_PREFIX = "ae_"
 
 # Short name -> (objective, task).
 _SHORT = {"sorting": ("sorting", ""), "ae_sorting": ("ae_sorting", ""), "mae": ("mae", "")}
+CONTRASTIVE_PREFIX = "contrastive_"  # contrastive_<task>: objective contrastive (N = 0)
 
 
 def split(task: str, objective: str = "energy") -> tuple[str, str]:
   """``(objective, task)`` for a ``:task=`` argument or an old checkpoint's config:
   ``sorting`` -> (sorting, ""), ``ae_sr4`` -> (autoencoder, sr4), ``mae`` ->
-  (mae, ""); anything else is already a corruption spec of ``objective``."""
+  (mae, ""), ``contrastive_mixed`` -> (contrastive, mixed); anything else is already a corruption spec of ``objective``."""
   if objective != "energy":
     return objective, task
   if task in _SHORT:
     return _SHORT[task]
   if task.startswith(AE_PREFIX):
     return "autoencoder", task[len(AE_PREFIX):]
+  if task.startswith(CONTRASTIVE_PREFIX):
+    return "contrastive", task[len(CONTRASTIVE_PREFIX):]
   return objective, task
 
 

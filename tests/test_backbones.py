@@ -251,6 +251,7 @@ def test_the_readme_custom_backbone_example_trains_and_decays(scratch_registry):
   assert float(jnp.abs(grads["model"]["backbone"]["conv_0"]["kernel"]).sum()) > 0
   ft = load_config("tiny_finetune")
   ft.model = recipes.model_config("tiny_cnn", "S")
+  ft.init = "a/pretraining"  # layer decay applies to a loaded backbone only
   ft_obj = objectives.get(ft)
   factors = ft_obj.lr_multipliers(jax.eval_shape(ft_obj.init, jax.random.key(0), images))
   assert factors["backbone"]["conv_0"]["kernel"] == pytest.approx(0.75 ** 3)

@@ -5,6 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from ebm_pretrain import checkpoints, objectives
@@ -92,3 +93,30 @@ def test_each_pretext_and_baseline_runs_two_steps_and_fine_tunes(task, tmp_path)
                                 trained["embedding"]["kernel"])
   if task == "ae_sorting":
     np.testing.assert_array_equal(params["backbone"]["pos_embedding"], 0.0)
+
+
+def test_contrastive_n0_separates_clean_from_corrupted_energies():
+  """objective=contrastive (:task=contrastive_<task>): after training on a fixed
+  batch, corrupted images have higher energy than clean ones."""
+  c = load_config("tiny", "task=contrastive_denoise")
+  assert (c.objective, c.task) == ("contrastive", "denoise")
+  obj = objectives.get(c)
+  images = structured_images(jax.random.key(0), 16)
+  batch = {"image": images, "valid": jnp.ones(16, bool)}
+  params = jax.jit(obj.init)(jax.random.key(1), images)
+  opt = optax.adam(1e-3)
+  rng = jax.random.key(2)
+
+  @jax.jit
+  def step(p, s):
+    (loss, (m, _)), g = obj.value_and_grad(p, {}, batch, rng)
+    u, s = opt.update(g, s, p)
+    return optax.apply_updates(p, u), s, m
+  state = opt.init(params)
+  _, _, m0 = step(params, state)
+  for _ in range(40):
+    params, state, m = step(params, state)
+  gap0 = float(m0["energy_neg"] - m0["energy_pos"])
+  gap = float(m["energy_neg"] - m["energy_pos"])
+  assert gap > 0.1 and gap > gap0 + 0.1, (gap0, gap)
+  assert set(params) == {"model"} and "backbone" in params["model"]  # fine-tunes like energy

@@ -27,7 +27,8 @@ def old_run(tmp_path):
 
 @pytest.mark.parametrize("task,objective,new_task", [
     ("sorting", "sorting", ""), ("ae_sorting", "ae_sorting", ""), ("mae", "mae", ""),
-    ("ae_sr4", "autoencoder", "sr4"), ("sr4", "energy", "sr4"), ("mixed", "energy", "mixed")])
+    ("ae_sr4", "autoencoder", "sr4"), ("sr4", "energy", "sr4"), ("mixed", "energy", "mixed"),
+    ("contrastive_mixed", "contrastive", "mixed")])
 def test_old_task_names_translate_in_one_place(task, objective, new_task):
   assert tasks.split(task) == (objective, new_task)
   c = load_config("tiny", f"task={task}")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from ebm_pretrain.data import fashion_mnist_offline, pipeline, sources
-from helpers import train_inprocess
+from helpers import load_config, train_inprocess
 
 
 def _write_idx(path, array):
@@ -120,3 +120,26 @@ def test_demo_config_runs_on_real_fashion_mnist(tmp_path):
   _, last = train_inprocess("demo", str(tmp_path / "wd"), total_steps=2, eval_examples=200,
                             log_every=1, **{"data.data_dir": str(tmp_path / "tfds")})
   assert last["eval/psnr_step_2"] > 0 and np.isfinite(last["loss"])
+
+
+def test_validation_holdout_is_disjoint_from_training_and_from_test():
+  c = load_config("tiny")
+  c.data.num_examples, c.data.holdout = 40, 10
+  train_src = sources.get_train_source(c.data)
+  val = sources.get_source(c.data, sources.HOLDOUT)
+  test = sources.get_source(c.data, c.data.eval_split)
+  assert (len(train_src), len(val)) == (30, 10)
+  key = lambda e: np.asarray(e["image"]).tobytes()
+  train_keys = {key(train_src[i]) for i in range(len(train_src))}
+  val_keys = {key(val[i]) for i in range(len(val))}
+  test_keys = {key(test[i]) for i in range(len(test))}
+  assert not train_keys & val_keys and not val_keys & test_keys and len(val_keys) == 10
+  # The same images whatever the run's seeds or label fraction (fine-tuning on 10%
+  # of the labels still never sees a validation image).
+  c.seed, c.data.subset_seed, c.data.train_fraction = 5, 3, 0.5
+  small = sources.get_train_source(c.data)
+  assert len(small) == 15 and {key(small[i]) for i in range(15)} <= train_keys
+  assert {key(e) for e in sources.get_source(c.data, "holdout")} == val_keys
+  c.data.holdout = 0
+  with pytest.raises(sources.DataSourceError, match="needs data.holdout > 0"):
+    sources.get_source(c.data, "holdout")

@@ -23,6 +23,7 @@ DUMMY = jnp.zeros((1, 16, 16, 3))
 # -- Layer-wise lr decay --------------------------------------------------------
 def test_layer_decay_multiplier_of_each_block():
   c = load_config("tiny_finetune")  # ViT-mu: 2 blocks -> layers 0 (embeddings) .. 3 (head)
+  c.init = "a/pretraining"  # layer decay applies to a loaded backbone only
   obj = SupervisedObjective(c)
   params = obj.init(jax.random.PRNGKey(0), DUMMY)
   flat = {trees.path_str(p): f for p, f in
@@ -36,8 +37,17 @@ def test_layer_decay_multiplier_of_each_block():
   assert flat["head/dense/kernel"] == 1.0
 
 
+def test_scratch_training_applies_no_layer_decay():
+  c = load_config("tiny_finetune")
+  assert c.layer_decay == 0.75 and not c.init
+  obj = SupervisedObjective(c)
+  assert obj.lr_multipliers(obj.init(jax.random.PRNGKey(0), DUMMY)) is None
+  assert load_config("demo_finetune").layer_decay == 0.75  # kept for the pretrained runs
+
+
 def test_layer_decay_scales_each_update_by_its_multiplier():
   c = load_config("tiny_finetune")
+  c.init = "a/pretraining"
   flat_c = c.copy_and_resolve_references()
   flat_c.layer_decay = 1.0
   obj, flat_obj = SupervisedObjective(c), SupervisedObjective(flat_c)

@@ -174,16 +174,11 @@ class SyntheticSource:
 # ----------------------------------------------------------------------------
 # A fixed random subset (semi-supervised fine-tuning: 1% / 10% of the labels).
 # ----------------------------------------------------------------------------
-class Subset:
-  """The first ``round(fraction * len(source))`` examples of a seeded permutation
-  of ``source``: the same subset for the same (source, fraction, seed)."""
+class Indexed:
+  """The examples ``indices`` of ``source``, in that order."""
 
-  def __init__(self, source: Sequence[dict], fraction: float, seed: int = 0):
-    if not 0 < fraction <= 1:
-      raise ValueError(f"data.train_fraction must be in (0, 1], got {fraction}")
-    n = max(1, int(round(fraction * len(source))))
-    self.source = source
-    self.indices = np.sort(np.random.default_rng(seed).permutation(len(source))[:n])
+  def __init__(self, source: Sequence[dict], indices: np.ndarray):
+    self.source, self.indices = source, np.asarray(indices)
 
   def __len__(self) -> int:
     return len(self.indices)
@@ -192,17 +187,56 @@ class Subset:
     return self.source[int(self.indices[i])]
 
 
+class Subset(Indexed):
+  """The first ``round(fraction * len(source))`` examples of a seeded permutation
+  of ``source``: the same subset for the same (source, fraction, seed)."""
+
+  def __init__(self, source: Sequence[dict], fraction: float, seed: int = 0):
+    if not 0 < fraction <= 1:
+      raise ValueError(f"data.train_fraction must be in (0, 1], got {fraction}")
+    n = max(1, int(round(fraction * len(source))))
+    super().__init__(source, np.sort(np.random.default_rng(seed).permutation(len(source))[:n]))
+
+
+# The validation split: ``data.holdout`` examples of the training split, the same
+# ones for every run on that data whatever its seeds (pretraining and fine-tuning
+# must hold out the same images), never trained on. ``data.eval_split =
+# "holdout"`` evaluates on them.
+HOLDOUT = "holdout"
+_HOLDOUT_SEED = 20261130
+
+
+def holdout_indices(n: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
+  """(held-out, remaining) indices of a split of ``n`` examples, each sorted."""
+  if not 0 <= holdout < n:
+    raise DataSourceError(f"data.holdout={holdout}: must be in [0, {n}) for a training split "
+                          f"of {n} examples")
+  perm = np.random.default_rng(_HOLDOUT_SEED).permutation(n)
+  return np.sort(perm[:holdout]), np.sort(perm[holdout:])
+
+
 # ----------------------------------------------------------------------------
 # From a config.
 # ----------------------------------------------------------------------------
 def get_train_source(data_cfg) -> Sequence[dict]:
-  """The training split, cut to ``data.train_fraction`` of its examples."""
+  """The training split without the ``data.holdout`` validation examples, cut to
+  ``data.train_fraction`` of the rest."""
   source = get_source(data_cfg, data_cfg.split)
+  if data_cfg.holdout:
+    source = Indexed(source, holdout_indices(len(source), data_cfg.holdout)[1])
   fraction = data_cfg.train_fraction
   return source if fraction == 1.0 else Subset(source, fraction, data_cfg.subset_seed)
 
 
 def get_source(data_cfg, split: str) -> Sequence[dict]:
+  """A split of the configured data; ``"holdout"``: the validation examples held
+  out of the training split (``data.holdout``)."""
+  if split == HOLDOUT:
+    if not data_cfg.holdout:
+      raise DataSourceError("data.eval_split='holdout' needs data.holdout > 0 (how many "
+                            "training examples to hold out for validation)")
+    train = get_source(data_cfg, data_cfg.split)
+    return Indexed(train, holdout_indices(len(train), data_cfg.holdout)[0])
   kind = data_cfg.source
   if kind == "tfds":
     return tfds_source(data_cfg.name, split, data_cfg.data_dir or None)

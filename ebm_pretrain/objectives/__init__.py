@@ -13,6 +13,7 @@ from ebm_pretrain.registry import Registry
 _REGISTRY = Registry("objective", {
     "energy": "ebm_pretrain.objectives.restoration:EnergyObjective",
     "sorting": "ebm_pretrain.objectives.sorting:SortingObjective",
+    "contrastive": "ebm_pretrain.objectives.contrastive:ContrastiveObjective",
     "autoencoder": "ebm_pretrain.objectives.autoencoders:PixelAutoencoder",
     "ae_sorting": "ebm_pretrain.objectives.autoencoders:SortingAutoencoder",
     "mae": "ebm_pretrain.objectives.autoencoders:MAEObjective",

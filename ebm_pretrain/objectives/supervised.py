@@ -78,9 +78,12 @@ class SupervisedObjective(Base):
     return self.freeze_backbone and path.startswith("backbone/")
 
   def lr_multipliers(self, params):
-    """Layer-wise lr decay (BEiT/MAE): decay ** (num_layers - layer of the param)."""
+    """Layer-wise lr decay (BEiT/MAE): decay ** (num_layers - layer of the param),
+    only for a backbone loaded from a checkpoint (``config.init``): it protects
+    pretrained features. From scratch every layer takes the full learning rate,
+    as in MAE's and the paper's supervised baselines."""
     decay = self.config.layer_decay
-    if decay == 1.0:
+    if decay == 1.0 or not self.config.init:
       return None
     m = self.config.model
 

@@ -1,0 +1,49 @@
+"""N = 0 (paper appendix B.1, Figure A: "corrupted images as negatives"): the
+energy model is trained to rate the clean image low and its corruption
+(``config.task``) high, Eq. 3 with the negative given by the corruption instead
+of sampled from the model, plus an energy-magnitude regulariser
+(``config.energy_reg``, Du & Mordatch 2019). No restoration steps and no alpha:
+what N = 1, 2, ... add over this is the paper's point."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+
+from ebm_pretrain import energy, models
+from ebm_pretrain.errors import fail
+from ebm_pretrain.objectives.base import Base, model_kwargs
+from ebm_pretrain.objectives.restoration import check_corruption, make_corruption
+
+
+@dataclasses.dataclass
+class ContrastiveObjective(Base):
+  backbone_path = ("model", "backbone")
+
+  def __post_init__(self):
+    c = self.config
+    self.model = models.get_energy_model(c.model.name, c.model.variant, **model_kwargs(c))
+    self.backbone = self.model.backbone
+    self.energy_fn = models.energy_fn_of(self.model)
+    self.corrupt = make_corruption(c)
+
+  @classmethod
+  def check(cls, config) -> None:
+    check_corruption(config)
+    if not config.energy_reg >= 0:
+      fail("energy_reg", f"must be >= 0, got {config.energy_reg}")
+
+  def init(self, rng, images):
+    return {"model": self.model.init(rng, images)["params"]}
+
+  def loss(self, params, model_state, batch, rng):
+    x = batch["image"]
+    loss, metrics = energy.contrastive_loss(
+        self.energy_fn, params["model"], x, self.corrupt(rng, x), self.config.energy_reg,
+        batch["valid"].astype(jnp.float32))
+    return loss, (metrics, model_state)
+
+  def console_metrics(self) -> list[str]:
+    return ["loss", "energy_pos", "energy_neg"]
+
+
