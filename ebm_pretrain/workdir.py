@@ -21,6 +21,7 @@ import uuid
 import ml_collections
 
 from ebm_pretrain import fs, tasks
+from ebm_pretrain.trees import dotted
 
 LOCK_FILE = "run.lock"
 HEARTBEAT_S = 30.0
@@ -147,16 +148,6 @@ class WorkdirLock:
 # ----------------------------------------------------------------------------
 # config.json.
 # ----------------------------------------------------------------------------
-def _flat(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
-
-
 def as_json(config: ml_collections.ConfigDict) -> dict:
   return json.loads(config.to_json_best_effort())
 
@@ -165,7 +156,7 @@ def config_changes(saved: dict, config: dict) -> dict[str, tuple]:
   """Keys whose values differ between two configs (as JSON), except those a
   resumed run may change; keys only one side has (added to or removed from the
   recipes by a code change) are not compared."""
-  a, b = _flat(saved), _flat(config)
+  a, b = dotted(saved), dotted(config)
   return {k: (a[k], b[k]) for k in sorted(a.keys() & b.keys())
           if a[k] != b[k] and k not in MAY_CHANGE_ON_RESUME}
 

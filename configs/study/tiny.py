@@ -1,0 +1,29 @@
+"""A two-method, two-seed grid on synthetic 16px data, for tests and smoke runs:
+
+  python -m ebm_pretrain.study run --grid=configs/study/tiny.py --out=/tmp/study_tiny
+
+Expected: 2 pretrainings, 4 fine-tunings, 4 kNN cells; a table with scratch and
+mixed, two seeds each (the numbers mean nothing at this size).
+"""
+import ml_collections
+
+from ebm_pretrain import recipes
+
+
+def get_config(arg=None):
+  a = recipes.parse_arg(arg, steps=4)
+  g = ml_collections.ConfigDict()
+  g.pretrain_config = "configs/tiny.py"
+  g.pretrain_arg = f"steps={a.steps}"
+  g.finetune_config = "configs/tiny_finetune.py"
+  g.scratch_task = "mixed"  # the scratch method's random-init features come from this config
+  g.methods = ml_collections.ConfigDict(dict(scratch="", mixed="mixed"))
+  g.seeds = ml_collections.ConfigDict(dict(default=[0, 1]))
+  g.overrides = ml_collections.ConfigDict(dict(data=dict(num_examples=48, holdout=16,
+                                                         eval_split="holdout")))
+  g.pretrain_overrides = ml_collections.ConfigDict(dict(checkpoint_every=2, eval_examples=0))
+  g.method_overrides = ml_collections.ConfigDict()
+  g.evals = ml_collections.ConfigDict(dict(
+      ft=dict(kind="finetune", arg="steps=2", overrides=dict(eval_examples=-1)),
+      knn=dict(kind="knn", k=5, train_examples=0)))
+  return g
