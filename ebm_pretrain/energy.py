@@ -187,8 +187,8 @@ def restoration_value_and_grad(energy_fn: EnergyFn, split: Callable[[Params], tu
   the per-step gradients. Taking each step's gradient before the next step
   starts (an ``optimization_barrier`` on the step's output and the accumulated
   gradient) keeps one step's residuals of the double backward alive instead of
-  N: at ViT-S/16, 224px, batch 8, N=2 on CPU, the train step took 3.59 instead
-  of 4.71 GiB and was 1.25x faster (README, Performance). Same FLOPs.
+  N: less memory and a faster step for the same FLOPs (measured: README,
+  Performance).
   """
   _check_problem(loss, x0, x_clean, num_steps)
   dtype = _restoration_dtype(jnp.asarray(x0).dtype)
