@@ -67,7 +67,8 @@ def check_options(variant: str, image_size: int, *, pool="tok", posemb="learn", 
   except ValueError as e:
     fail("model.variant", str(e))
   if image_size % patch:
-    fail("model.variant", f"patch size {patch} does not divide data.image_size={image_size}")
+    fail("model.variant",
+         f"patch size {patch} does not divide data.image_size={image_size}")
   if pool not in ("tok", "gap"):
     fail("model.pool", f"{pool!r}; valid: tok, gap")
   if posemb not in POSEMBS:
@@ -92,7 +93,8 @@ def interpolate_posemb(posemb: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
   n, d = posemb.shape[1], posemb.shape[2]
   side = int(round(n ** 0.5))
   if side * side != n:
-    raise CheckpointError(f"pos_embedding has {n} positions, not a square grid; cannot interpolate it")
+    raise CheckpointError(f"pos_embedding has {n} positions, not a square grid; cannot "
+                          "interpolate it")
   if (side, side) == tuple(grid):
     return posemb
   x = jnp.asarray(posemb, jnp.float32).reshape(side, side, d)
