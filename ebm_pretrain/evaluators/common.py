@@ -51,6 +51,7 @@ class Evaluator:
     self.every = int(self.spec["every"])
     self.prefix = self.spec["prefix"]
     self._sums = self._features = None  # compiled on first use
+    self._datasets = {}  # (split, examples) -> dataset, built on first use
 
   @classmethod
   def check(cls, config, objective_cls, spec: dict) -> str | None:
@@ -62,10 +63,16 @@ class Evaluator:
     """This process's share of ``split`` (default: the eval split), center-cropped
     at the model's size, in batches of ``batch_size`` (global) padded with
     ``valid=False`` examples."""
-    d = self.config.data
     n = self.spec["examples"] if examples is None else examples
+    key = (split or self.spec["split"], n)
+    if key not in self._datasets:
+      self._datasets[key] = self._make_dataset(*key)
+    return self._datasets[key]
+
+  def _make_dataset(self, split: str, n: int):
+    d = self.config.data
     return pipeline.make_eval_dataset(
-        sources.get_source(d, split or self.spec["split"]),
+        sources.get_source(d, split),
         batch_size=self.spec["batch_size"] // jax.process_count(), image_size=d.image_size,
         channels=d.channels, resize_to=d.eval_resize or d.image_size,
         process_index=jax.process_index(), process_count=jax.process_count(),
