@@ -170,8 +170,14 @@ def restore_state(found: Found, keys=("params",), log=print) -> tuple[int, dict]
                         f"{found.checkpoints_dir}: {'; '.join(skipped)}")
 
 
+def model_params(state: dict):
+  """The parameters a run delivers: their moving average where it keeps one
+  (``config.ema_decay``), else the trained ones."""
+  return state["ema"] if "ema" in state else state["params"]
+
+
 def restore_params(found: Found) -> dict:
-  return restore_state(found)[1]["params"]
+  return model_params(restore_state(found, ("params", "ema"))[1])
 
 
 # ----------------------------------------------------------------------------
@@ -298,7 +304,7 @@ class TrainCheckpoints:
   def save_best(self, step: int, state, metrics: dict[str, float], finite=None) -> None:
     if self.best is None or step in self.best.all_steps():
       return  # (a resumed run may repeat an evaluation whose result is already saved)
-    keep = {"params": state["params"], "model_state": state["model_state"],
+    keep = {"params": model_params(state), "model_state": state["model_state"],
             "step": state["step"]}
     if not bool(all_finite(keep) if finite is None else finite):
       self.log(f"Not saving step {step} to best/: its parameters are not finite")

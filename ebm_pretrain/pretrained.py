@@ -98,6 +98,6 @@ def load(path: str) -> Pretrained:
   ``best`` folder, or one step folder. Raises CheckpointError if there is none."""
   found = checkpoints.find(path)
   config = recipes.complete(checkpoints.read_config(found).to_dict())
-  step, state = checkpoints.restore_state(found, ("params", "model_state"))
-  return Pretrained(config=config, params=state["params"], step=step, path=path,
+  step, state = checkpoints.restore_state(found, ("params", "ema", "model_state"))
+  return Pretrained(config=config, params=checkpoints.model_params(state), step=step, path=path,
                     model_state=state.get("model_state") or {})

@@ -96,6 +96,9 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.optim = ml_collections.ConfigDict(dict(
       name="adamw", base_lr=1e-4, lr_base_batch=256, b1=0.9, b2=0.95, weight_decay=0.05,
       warmup_epochs=20, warmup_steps=0, min_lr=0.0, grad_clip=0.0))
+  # > 0: keep an exponential moving average of the parameters (decay per step);
+  # evaluations, best/ and pretrained.load then use the average (MAE's scratch recipe).
+  c.ema_decay = 0.0
 
   c.log_every = 50
   c.checkpoint_every = 1000
@@ -192,6 +195,24 @@ def vit_imagenet_downstream(arg: str | None, variant: str, epochs: int,
   c.init = a.init
   if not linprobe:
     c.total_epochs = epochs
+  return c
+
+
+def vit_imagenet_scratch(arg: str | None, variant: str, epochs: int,
+                         drop_path: float) -> ml_collections.ConfigDict:
+  """The scratch_vit_* configs: MAE's supervised ViT-from-scratch recipe (MAE
+  appendix A.2, Table 11), the baseline the paper's scratch rows quote: AdamW
+  lr 1e-4 x batch/256, betas (0.9, 0.95), wd 0.3, batch 4096, 20 warmup epochs
+  then cosine, no layer decay, EMA 0.9999, RandAug (9, 0.5), label smoothing
+  0.1, mixup 0.8, cutmix 1.0; the epochs and drop path per size."""
+  c = finetune_defaults()
+  a = parse_arg(arg, variant=variant, pool=c.model.pool)
+  c.model.variant, c.model.pool, c.model.drop_path = a.variant, a.pool, drop_path
+  c.layer_decay = 1.0           # (only applied to a loaded backbone anyway)
+  c.ema_decay = 0.9999
+  c.batch_size = 4096
+  c.total_epochs = epochs
+  c.optim.update(dict(base_lr=1e-4, b2=0.95, weight_decay=0.3, warmup_epochs=20))
   return c
 
 

@@ -62,9 +62,11 @@ def accumulate_gradients(grad_fn, params, model_state, batch, rng, steps: int):
 STATE_FINITE = "state_finite"  # a train step's flag: its new params and optimizer state are finite
 
 
-def make_train_step(objective, tx, schedule, mean, std, accum_steps: int = 1):
+def make_train_step(objective, tx, schedule, mean, std, accum_steps: int = 1,
+                    ema_decay: float = 0.0):
   """``(state, batch) -> (state, metrics)``: one optimizer step on a uint8 batch;
-  ``metrics[STATE_FINITE]`` says whether the new state is finite."""
+  ``metrics[STATE_FINITE]`` says whether the new state is finite. With
+  ``ema_decay`` the state's ``ema`` (the parameters' moving average) follows."""
   def train_step(state, batch):
     rng = jax.random.fold_in(state["rng"], state["step"])
     batch = dict(batch, image=normalization.normalize(batch["image"], mean, std))
@@ -80,6 +82,8 @@ def make_train_step(objective, tx, schedule, mean, std, accum_steps: int = 1):
            STATE_FINITE: checkpoints.all_finite({"params": params, "opt": opt})}
     new_state = {"params": params, "model_state": model_state, "opt": opt,
                  "step": state["step"] + 1, "rng": state["rng"]}
+    if ema_decay:
+      new_state["ema"] = optax.incremental_update(params, state["ema"], 1.0 - ema_decay)
     return new_state, out
   return train_step
 
@@ -174,8 +178,9 @@ def _run(config, workdir, devices, source, ckpts, log):
   tx = optim.make_optimizer(config, param_shapes, objective, schedule)
 
   def init_state(params):
-    return {"params": params, "model_state": objective.init_model_state(init_rng, dummy),
-            "opt": tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": train_rng}
+    state = {"params": params, "model_state": objective.init_model_state(init_rng, dummy),
+             "opt": tx.init(params), "step": jnp.zeros((), jnp.int32), "rng": train_rng}
+    return dict(state, ema=params) if config.ema_decay else state
 
   state_shapes = jax.eval_shape(init_state, param_shapes)
   state_sharding = jax.tree.map(lambda _: replicated, state_shapes)
@@ -198,7 +203,8 @@ def _run(config, workdir, devices, source, ckpts, log):
   start = int(start)
 
   # == Update step =============================================================
-  train_step = make_train_step(objective, tx, schedule, mean, std, config.grad_accum_steps)
+  train_step = make_train_step(objective, tx, schedule, mean, std, config.grad_accum_steps,
+                               config.ema_decay)
   train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
                        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
@@ -215,7 +221,7 @@ def _run(config, workdir, devices, source, ckpts, log):
     out = {}
     for ev in evals:
       if itstime(step, ev.every, total_steps):
-        out.update(ev(state["params"], state["model_state"]))
+        out.update(ev(checkpoints.model_params(state), state["model_state"]))
     if out:
       writer.scalars(step, out)
       log(f"Eval at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in out.items()),

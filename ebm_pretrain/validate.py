@@ -40,6 +40,8 @@ def validate(config, num_devices: int, process_count: int = 1) -> None:
   for f in ("log_every", "checkpoint_every", "image_every"):
     if config[f] < 1:
       fail(f, f"must be >= 1, got {config[f]}")
+  if not 0 <= config.ema_decay < 1:
+    fail("ema_decay", f"must be in [0, 1) (0: no average), got {config.ema_decay}")
   if config.best_mode not in ("max", "min"):
     fail("best_mode", f"{config.best_mode!r}; valid: max, min")
   evaluators.check(config, num_devices)

@@ -298,3 +298,56 @@ def test_finetune_configs_follow_the_paper():
   assert lp.mixup.mixup_alpha == lp.mixup.cutmix_alpha == 0 and lp.augment.randaug_ops == 0
   for name in ("demo_finetune", "tiny_finetune"):
     validate.validate(load_config(name), num_devices=1)
+
+
+def test_scratch_configs_follow_maes_scratch_recipe():
+  for name, variant, epochs in [("scratch_vit_s", "S/16", 300), ("scratch_vit_b", "B/16", 300),
+                                ("scratch_vit_l", "L/16", 200)]:
+    c = load_config(name)
+    validate.validate(c, num_devices=8)
+    assert not c.init and c.model.variant == variant and c.total_epochs == epochs
+    o = c.optim
+    assert (o.base_lr, o.b1, o.b2, o.weight_decay, o.warmup_epochs) == (1e-4, 0.9, 0.95, 0.3, 20)
+    assert (c.batch_size, c.ema_decay, c.model.drop_path, c.label_smoothing) == (
+        4096, 0.9999, 0.1, 0.1)
+    assert SupervisedObjective(c).lr_multipliers({}) is None  # no layer decay
+
+
+# -- Parameter moving average (ema_decay) ------------------------------------------
+def test_ema_update_of_one_train_step():
+  c = load_config("tiny_finetune")
+  obj = SupervisedObjective(c)
+  params = obj.init(jax.random.PRNGKey(0), DUMMY)
+  schedule = lambda step: 1e-2
+  tx = optim.make_optimizer(c, params, obj, schedule)
+  ema = jax.tree.map(lambda p: p + 1.0, params)  # apart from the parameters
+  state = {"params": params, "model_state": {}, "opt": tx.init(params),
+           "step": jnp.zeros((), jnp.int32), "rng": jax.random.PRNGKey(1), "ema": ema}
+  batch = {"image": jnp.full((4, 16, 16, 3), 128, jnp.uint8), "label": jnp.arange(4),
+           "valid": jnp.ones((4,), bool)}
+  d = c.data
+  new, _ = jax.jit(train.make_train_step(obj, tx, schedule, d.mean, d.std, ema_decay=0.75))(
+      state, batch)
+  moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new["params"], params)
+  assert max(jax.tree.leaves(moved)) > 0
+  assert_trees_close(new["ema"], jax.tree.map(lambda e, p: 0.75 * e + 0.25 * p, ema,
+                                              new["params"]))
+  plain, _ = jax.jit(train.make_train_step(obj, tx, schedule, d.mean, d.std))(
+      {k: v for k, v in state.items() if k != "ema"}, batch)
+  assert "ema" not in plain
+  assert_trees_close(plain["params"], new["params"])  # the average never feeds back
+
+
+def test_ema_run_delivers_the_average(tmp_path):
+  wd = str(tmp_path / "ema")
+  state, _ = train_inprocess("tiny_finetune:steps=3", wd, ema_decay=0.5, eval_examples=0)
+  _, saved = latest_params(wd)
+  assert set(saved) >= {"params", "ema"}
+  diff = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), saved["ema"], saved["params"])
+  assert max(jax.tree.leaves(diff)) > 0
+  assert_trees_close(pretrained.load(wd).params, saved["ema"])
+  assert_trees_close(checkpoints.restore_params(checkpoints.find(wd)), saved["ema"])
+  bad = load_config("tiny_finetune")
+  bad.ema_decay = 1.0
+  with pytest.raises(errors.ConfigError, match="ema_decay"):
+    validate.validate(bad, num_devices=1)
