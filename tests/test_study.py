@@ -23,8 +23,9 @@ def test_grid_runs_resumes_after_a_kill_and_reports(tmp_path):
   out = str(tmp_path / "study")
   grid = study.load_config_file(GRID)
   ids = [c.id for c in study.cells(grid)]
-  assert ids[:3] == ["pretrain/mixed/s0", "ft/mixed/s0", "knn/mixed/s0"]
+  assert ids[:4] == ["pretrain/mixed/s0", "ft/mixed/s0", "ft_lr/mixed/s0", "knn/mixed/s0"]
   assert len([i for i in ids if i.startswith("pretrain/")]) == 2  # scratch has none
+  assert [i for i in ids if i.startswith("ft_lr/")] == ["ft_lr/mixed/s0"]  # restricted
 
   only = "[pk]*"  # pretrainings and kNN: 2 methods x 2 seeds
   proc = subprocess.Popen(_study("run", f"--grid={GRID}", f"--out={out}", f"--only={only}"),
@@ -57,8 +58,35 @@ def test_grid_runs_resumes_after_a_kill_and_reports(tmp_path):
   # The report: from the JSON alone, the same bytes every time.
   table = study.report(out)
   assert "| mixed |" in table and "| scratch |" in table and "(2 seeds)" in table
+  claims = open(os.path.join(out, "claims.md")).read()
+  assert "| pretraining beats scratch | mixed > scratch | " in claims
+  row = claims.splitlines()[2].split(" | ")
+  assert row[2].split()[1] == "±" and row[2].split()[3] in ("holds", "reversed", "within")
+  files = ("table.md", "claims.md", "top1.png", "top1_vs_n.png", "top1_vs_wall.png",
+           "psnr_steps.png")
   digest = lambda: [hashlib.sha256(open(os.path.join(out, f), "rb").read()).hexdigest()
-                    for f in ("table.md", "top1.png")]
+                    for f in files]
   first = digest()
-  study.report(out)
+  readme = tmp_path / "README.md"
+  readme.write_text("intro\n<!-- claims:begin -->\nold\n<!-- claims:end -->\nend\n")  # no results block
+  study.report(out, readme=str(readme))
   assert digest() == first
+  assert readme.read_text() == f"intro\n<!-- claims:begin -->\n{claims}<!-- claims:end -->\nend\n"
+
+
+def test_committed_results_regenerate_byte_for_byte_and_match_the_readme(tmp_path):
+  """What `study report` makes of the committed cells is what is committed: the
+  tables, the plots and the README's results and claims blocks."""
+  import shutil
+  results = os.path.join(ROOT, "results")
+  for name in sorted(os.listdir(results)):
+    committed = os.path.join(results, name)
+    copy = tmp_path / name
+    shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("runs"))
+    readme = tmp_path / "README.md"
+    shutil.copy(os.path.join(ROOT, "README.md"), readme)
+    study.report(str(copy), readme=str(readme) if name == "fashion_mnist" else None)
+    for f in sorted(os.listdir(copy)):
+      if os.path.isfile(copy / f):
+        assert (copy / f).read_bytes() == open(os.path.join(committed, f), "rb").read(), f
+    assert readme.read_text() == open(os.path.join(ROOT, "README.md")).read()

@@ -2,8 +2,9 @@
 
   python -m ebm_pretrain.study run --grid=configs/study/tiny.py --out=/tmp/study_tiny
 
-Expected: 2 pretrainings, 4 fine-tunings, 4 kNN cells; a table with scratch and
-mixed, two seeds each (the numbers mean nothing at this size).
+Expected: 2 pretrainings, 4 fine-tunings, 4 kNN cells, one fine-tuning at another
+learning rate; a table with scratch and mixed, two seeds each, and the claims
+row (the numbers mean nothing at this size).
 """
 import ml_collections
 
@@ -21,9 +22,15 @@ def get_config(arg=None):
   g.seeds = ml_collections.ConfigDict(dict(default=[0, 1]))
   g.overrides = ml_collections.ConfigDict(dict(data=dict(num_examples=48, holdout=16,
                                                          eval_split="holdout")))
-  g.pretrain_overrides = ml_collections.ConfigDict(dict(checkpoint_every=2, eval_examples=0))
+  g.pretrain_overrides = ml_collections.ConfigDict(dict(checkpoint_every=2, eval_examples=16))
   g.method_overrides = ml_collections.ConfigDict()
   g.evals = ml_collections.ConfigDict(dict(
       ft=dict(kind="finetune", arg="steps=2", overrides=dict(eval_examples=-1)),
-      knn=dict(kind="knn", k=5, train_examples=0)))
+      knn=dict(kind="knn", k=5, train_examples=0),
+      # a learning-rate search: one method, one seed
+      ft_lr=dict(kind="finetune", arg="steps=2", methods=["mixed"], seeds=[0],
+                 overrides=dict(optim=dict(base_lr=3e-3)))))
+  g.claims = [dict(claim="pretraining beats scratch", method="mixed", than=["scratch"],
+                   kind="beats")]
+  g.n_sweep = ml_collections.ConfigDict(dict(mixed=2))
   return g

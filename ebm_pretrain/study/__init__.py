@@ -1,0 +1,44 @@
+"""The study harness: a grid of pretraining methods x seeds x evaluations, run
+cell by cell (resumable), and a report made from the cells' JSON alone.
+
+  python -m ebm_pretrain.study run --grid=configs/study/fashion_mnist.py --out=results/fashion_mnist
+  python -m ebm_pretrain.study report --out=results/fashion_mnist [--readme=README.md]
+
+``grid.py``: what a grid config holds and its cells; ``runner.py``: running them
+(``--only=PATTERN``, fnmatch on the cell id, runs a subset; a finished cell is
+skipped, an interrupted one resumes); ``report.py``: the tables and the claims;
+``plots.py``: the figures.
+"""
+from __future__ import annotations
+
+import sys
+
+from ebm_pretrain.study.grid import Cell, cells, load_config_file, with_overrides
+from ebm_pretrain.study.report import report, summary
+from ebm_pretrain.study.runner import Runner, run
+
+__all__ = ["Cell", "Runner", "cells", "load_config_file", "main", "report", "run", "summary",
+           "with_overrides"]
+
+
+def main(argv: list[str]) -> None:
+  import argparse
+  p = argparse.ArgumentParser(prog="python -m ebm_pretrain.study")
+  sub = p.add_subparsers(dest="command", required=True)
+  r = sub.add_parser("run")
+  r.add_argument("--grid", required=True)
+  r.add_argument("--out", required=True)
+  r.add_argument("--only", default="*")
+  rep = sub.add_parser("report")
+  rep.add_argument("--out", required=True)
+  rep.add_argument("--readme", default=None, help="also update this file's claims block")
+  a = p.parse_args(argv)
+  from ebm_pretrain.data.sources import DataSourceError
+  from ebm_pretrain.errors import CheckpointError, ConfigError
+  try:
+    if a.command == "run":
+      run(a.grid, a.out, a.only)
+    print(report(a.out, getattr(a, "readme", None)))
+  except (ConfigError, CheckpointError, DataSourceError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

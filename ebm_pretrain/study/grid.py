@@ -1,0 +1,77 @@
+"""Grids and their cells.
+
+A grid is a config (``configs/study/*.py``): ``methods`` ({name: the pretraining
+config's ``:task=`` argument; "" = no pretraining, the scratch baseline}),
+``method_overrides`` ({method: config overrides}, e.g. N), ``seeds`` ({method:
+[seeds]}, ``default`` for the rest), ``evals`` ({name: dict(kind=finetune|knn|
+linear_probe, ...)}; ``methods=[...]`` / ``seeds=[...]`` restrict one to some
+cells, e.g. a learning-rate search), the base configs and the overrides every
+run gets, and for the report ``claims`` (the paper's claims as comparisons of
+two methods) and ``n_sweep`` ({method: N} for the accuracy-vs-N plot).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+
+from ebm_pretrain.trees import dotted
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+EVAL_FILTERS = ("methods", "seeds")  # grid-level keys of an eval, not evaluator options
+
+
+def load_config_file(spec: str):
+  """``path/to/config.py[:arg]`` -> its ``get_config(arg)`` (paths relative to the repo)."""
+  path, _, arg = spec.partition(":")
+  path = path if os.path.isabs(path) else os.path.join(REPO, path)
+  module_spec = importlib.util.spec_from_file_location(
+      "grid_" + os.path.basename(path)[:-3], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def with_overrides(config, overrides: dict):
+  """``config`` with the nested ``overrides`` ({"data": {"holdout": 5000}}) set
+  (their keys must exist)."""
+  from ebm_pretrain.errors import ConfigError
+  for key, value in dotted(overrides).items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise ConfigError(f"grid override {key!r}: no such config key")
+    node[leaf] = value
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+  kind: str           # pretrain | finetune | knn | linear_probe
+  method: str
+  seed: int
+  eval: str = ""      # the evaluation's name (not for pretrain cells)
+
+  @property
+  def id(self) -> str:
+    base = f"{self.method}/s{self.seed}"
+    return f"pretrain/{base}" if self.kind == "pretrain" else f"{self.eval}/{base}"
+
+  @property
+  def file(self) -> str:
+    return self.id.replace("/", "__") + ".json"
+
+
+def cells(grid) -> list[Cell]:
+  """Every cell, each pretraining before the evaluations that read it."""
+  out = []
+  for method, task in grid.methods.items():
+    for seed in grid.seeds.get(method, grid.seeds["default"]):
+      if task:
+        out.append(Cell("pretrain", method, seed))
+      for name, e in grid.evals.items():
+        if method in e.get("methods", [method]) and seed in e.get("seeds", [seed]):
+          out.append(Cell(e.kind, method, seed, name))
+  return out

@@ -1,0 +1,124 @@
+"""Running the cells of a grid: each pretraining, fine-tuning, kNN or linear
+probe writes ``OUT/cells/<id>.json`` (its full config, the commit, the seed,
+the wall time, img/s and every metric). A cell whose JSON exists is skipped; an
+interrupted pretraining or fine-tuning resumes from its checkpoint in
+``OUT/runs`` (not committed). The grid itself goes to ``OUT/grid.json``, so
+that the report needs nothing but OUT."""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import os
+import subprocess
+import time
+
+import numpy as np
+
+from ebm_pretrain.study.grid import (EVAL_FILTERS, REPO, Cell, cells, load_config_file,
+                                     with_overrides)
+
+
+def _commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return "unknown"
+
+
+def _img_per_s(workdir: str) -> float | None:
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  speeds = [r["img_per_s"] for r in rows if "img_per_s" in r][1:]  # the first includes compiling
+  return float(np.median(speeds)) if speeds else None
+
+
+class Runner:
+
+  def __init__(self, grid, out: str):
+    self.grid, self.out = grid, out
+    self.runs = os.path.join(out, "runs")
+
+  def pretrain_dir(self, method: str, seed: int) -> str:
+    return os.path.join(self.runs, f"pretrain_{method}_s{seed}")
+
+  def _pretrain_config(self, method: str, seed: int):
+    task = self.grid.methods[method] or self.grid.scratch_task
+    c = load_config_file(f"{self.grid.pretrain_config}:{self.grid.pretrain_arg},task={task}")
+    with_overrides(c, self.grid.overrides.to_dict())
+    with_overrides(c, self.grid.pretrain_overrides.to_dict())
+    with_overrides(c, self.grid.method_overrides.to_dict().get(method, {}))
+    c.seed = seed
+    return c
+
+  def run(self, cell: Cell) -> dict:
+    from ebm_pretrain import train
+    g = self.grid
+    if cell.kind == "pretrain":
+      config, workdir = self._pretrain_config(cell.method, cell.seed), self.pretrain_dir(
+          cell.method, cell.seed)
+      _, metrics = train.train_and_evaluate(config, workdir)
+      return dict(config=config.to_dict(), metrics=metrics, img_per_s=_img_per_s(workdir))
+    e = g.evals[cell.eval]
+    pre = self.pretrain_dir(cell.method, cell.seed) if g.methods[cell.method] else ""
+    if cell.kind == "finetune":
+      arg = ",".join(filter(None, [e.arg, f"init={pre}" if pre else ""]))
+      config = load_config_file(f"{g.finetune_config}:{arg}")
+      with_overrides(config, g.overrides.to_dict())
+      with_overrides(config, e.to_dict().get("overrides", {}))
+      config.seed = cell.seed
+      workdir = os.path.join(self.runs, f"{cell.eval}_{cell.method}_s{cell.seed}")
+      _, metrics = train.train_and_evaluate(config, workdir)
+      return dict(config=config.to_dict(), metrics=metrics, img_per_s=_img_per_s(workdir))
+    return self._feature_eval(cell, e, pre)
+
+  def _feature_eval(self, cell: Cell, e, pre: str) -> dict:
+    """kNN / linear probe of a pretraining's backbone, or of a random one (scratch)."""
+    import jax
+    from ebm_pretrain import evaluators, objectives, pretrained
+    if pre:
+      model = pretrained.load(pre)
+      config, objective, params, state = model.config, model.objective, model.params, \
+          model.model_state
+    else:  # the features of a freshly initialised model of the pretraining config
+      config = self._pretrain_config(cell.method, cell.seed)
+      objective = objectives.get(config)
+      d = config.data
+      params = objective.init(jax.random.PRNGKey(config.seed),
+                              np.zeros((1, d.image_size, d.image_size, d.channels), np.float32))
+      state = {}
+    with_overrides(config, self.grid.overrides.to_dict())
+    spec = {k: v for k, v in e.to_dict().items() if k not in ("kind", *EVAL_FILTERS)}
+    n = jax.device_count()
+    spec.update(type=cell.kind, every=0, prefix="eval", split=config.data.eval_split,
+                batch_size=max(n, spec.get("batch_size", 500) // n * n))
+    spec.setdefault("examples", -1)
+    ev = evaluators.get_class(cell.kind)(cell.eval, spec, config, objective,
+                                         evaluators.Context.local())
+    return dict(config=config.to_dict(), metrics=ev(params, state), evaluator=spec)
+
+
+def run(grid_spec: str, out: str, only: str = "*", log=print) -> None:
+  grid = load_config_file(grid_spec)
+  todo = [c for c in cells(grid) if fnmatch.fnmatch(c.id, only)]
+  os.makedirs(os.path.join(out, "cells"), exist_ok=True)
+  from ebm_pretrain import fs
+  fs.write_text(os.path.join(out, "grid.json"),
+                json.dumps(dict(spec=grid_spec, **grid.to_dict()), indent=1, sort_keys=True))
+  runner, commit, spent, done_here = Runner(grid, out), _commit(), 0.0, 0
+  for i, cell in enumerate(todo):
+    path = os.path.join(out, "cells", cell.file)
+    if os.path.exists(path):
+      log(f"[{i + 1}/{len(todo)}] {cell.id}: done, skipped")
+      continue
+    left = sum(not os.path.exists(os.path.join(out, "cells", c.file)) for c in todo[i:])
+    eta = f", ETA {(spent / done_here) * left / 60:.0f} min" if done_here else ""
+    log(f"[{i + 1}/{len(todo)}] {cell.id}: running ({left} cells left{eta})", flush=True)
+    t = time.time()
+    result = runner.run(cell)
+    wall = time.time() - t
+    record = dict(cell=dataclasses.asdict(cell), id=cell.id, commit=commit, seed=cell.seed,
+                  wall_s=wall, grid=grid_spec, **result)
+    fs.write_text(path, json.dumps(record, indent=1, sort_keys=True, default=float))
+    spent, done_here = spent + wall, done_here + 1
+    log(f"[{i + 1}/{len(todo)}] {cell.id}: {wall / 60:.1f} min, wrote {path}", flush=True)
