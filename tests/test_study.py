@@ -26,8 +26,9 @@ def test_grid_runs_resumes_after_a_kill_and_reports(tmp_path):
   assert ids[:4] == ["pretrain/mixed/s0", "ft/mixed/s0", "ft_lr/mixed/s0", "knn/mixed/s0"]
   assert len([i for i in ids if i.startswith("pretrain/")]) == 2  # scratch has none
   assert [i for i in ids if i.startswith("ft_lr/")] == ["ft_lr/mixed/s0"]  # restricted
+  assert [i for i in ids if "/pixels/" in i] == ["knn/pixels/s0"]  # features only
 
-  only = "[pk]*"  # pretrainings and kNN: 2 methods x 2 seeds
+  only = "[pk]*"  # pretrainings and kNN: 2 methods x 2 seeds, and the pixels
   proc = subprocess.Popen(_study("run", f"--grid={GRID}", f"--out={out}", f"--only={only}"),
                           cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
@@ -48,12 +49,14 @@ def test_grid_runs_resumes_after_a_kill_and_reports(tmp_path):
   assert "knn/mixed/s0: done, skipped" in rerun.stdout
   assert "Resuming from checkpoint step" in rerun.stdout  # pretrain/mixed/s1 resumed
   cells = sorted(os.listdir(os.path.join(out, "cells")))
-  assert len(cells) == 6
+  assert len(cells) == 7
   record = json.load(open(os.path.join(out, "cells", "pretrain__mixed__s1.json")))
   assert record["seed"] == 1 and record["config"]["seed"] == 1 and len(record["commit"]) >= 7
   assert record["config"]["data"]["holdout"] == 16 and record["wall_s"] > 0
   knn = json.load(open(os.path.join(out, "cells", "knn__scratch__s0.json")))
   assert 0 <= knn["metrics"]["eval/knn_top1"] <= 1
+  pixels = json.load(open(os.path.join(out, "cells", "knn__pixels__s0.json")))
+  assert 0 <= pixels["metrics"]["eval/knn_top1"] <= 1
 
   # The report: from the JSON alone, the same bytes every time.
   table = study.report(out)

@@ -15,6 +15,7 @@ Results so far: results/fashion_mnist/table.md (README, "The study").
 import ml_collections
 
 from ebm_pretrain import recipes
+from ebm_pretrain.study import grid as study_grid
 
 
 def get_config(arg=None):
@@ -25,7 +26,7 @@ def get_config(arg=None):
   g.finetune_config = "configs/demo_finetune.py"
   g.scratch_task = "mixed"
   g.methods = ml_collections.ConfigDict(dict(
-      scratch="", mask_grid="mask_grid7", mask_random="mask_random_large", sr="sr4",
+      pixels=study_grid.PIXELS, scratch="", mask_grid="mask_grid7", mask_random="mask_random_large", sr="sr4",
       denoise="denoise", mixed="mixed", mixed_n1="mixed", mixed_n3="mixed", sorting="sorting",
       contrastive="contrastive_mixed", ae_sr="ae_sr4", ae_denoise="ae_denoise",
       ae_sorting="ae_sorting", mae="mae"))

@@ -2,13 +2,14 @@
 
   python -m ebm_pretrain.study run --grid=configs/study/tiny.py --out=/tmp/study_tiny
 
-Expected: 2 pretrainings, 4 fine-tunings, 4 kNN cells, one fine-tuning at another
-learning rate; a table with scratch and mixed, two seeds each, and the claims
+Expected: 2 pretrainings, 4 fine-tunings, 5 kNN cells (one of the pixels), one
+fine-tuning at another learning rate; a table with scratch and mixed, two seeds each, and the claims
 row (the numbers mean nothing at this size).
 """
 import ml_collections
 
 from ebm_pretrain import recipes
+from ebm_pretrain.study import grid as study_grid
 
 
 def get_config(arg=None):
@@ -18,8 +19,8 @@ def get_config(arg=None):
   g.pretrain_arg = f"steps={a.steps}"
   g.finetune_config = "configs/tiny_finetune.py"
   g.scratch_task = "mixed"  # the scratch method's random-init features come from this config
-  g.methods = ml_collections.ConfigDict(dict(scratch="", mixed="mixed"))
-  g.seeds = ml_collections.ConfigDict(dict(default=[0, 1]))
+  g.methods = ml_collections.ConfigDict(dict(scratch="", mixed="mixed", pixels=study_grid.PIXELS))
+  g.seeds = ml_collections.ConfigDict(dict(default=[0, 1], pixels=[0]))
   g.overrides = ml_collections.ConfigDict(dict(data=dict(num_examples=48, holdout=16,
                                                          eval_split="holdout")))
   g.pretrain_overrides = ml_collections.ConfigDict(dict(checkpoint_every=2, eval_examples=16))

@@ -1,7 +1,9 @@
 """Grids and their cells.
 
 A grid is a config (``configs/study/*.py``): ``methods`` ({name: the pretraining
-config's ``:task=`` argument; "" = no pretraining, the scratch baseline}),
+config's ``:task=`` argument; "" = no pretraining, the scratch baseline;
+``PIXELS`` = the normalised pixels as features, a reference for kNN and the
+linear probe only}),
 ``method_overrides`` ({method: config overrides}, e.g. N), ``seeds`` ({method:
 [seeds]}, ``default`` for the rest), ``evals`` ({name: dict(kind=finetune|knn|
 linear_probe, ...)}; ``methods=[...]`` / ``seeds=[...]`` restrict one to some
@@ -19,6 +21,8 @@ from ebm_pretrain.trees import dotted
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EVAL_FILTERS = ("methods", "seeds")  # grid-level keys of an eval, not evaluator options
+PIXELS = "=pixels"
+FEATURE_EVALS = ("knn", "linear_probe")
 
 
 def load_config_file(spec: str):
@@ -69,9 +73,11 @@ def cells(grid) -> list[Cell]:
   out = []
   for method, task in grid.methods.items():
     for seed in grid.seeds.get(method, grid.seeds["default"]):
-      if task:
+      if task and task != PIXELS:
         out.append(Cell("pretrain", method, seed))
       for name, e in grid.evals.items():
+        if task == PIXELS and e.kind not in FEATURE_EVALS:
+          continue
         if method in e.get("methods", [method]) and seed in e.get("seeds", [seed]):
           out.append(Cell(e.kind, method, seed, name))
   return out

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ebm_pretrain.study.grid import (EVAL_FILTERS, REPO, Cell, cells, load_config_file,
+from ebm_pretrain.study.grid import (EVAL_FILTERS, PIXELS, REPO, Cell, cells, load_config_file,
                                      with_overrides)
 
 
@@ -43,7 +43,8 @@ class Runner:
     return os.path.join(self.runs, f"pretrain_{method}_s{seed}")
 
   def _pretrain_config(self, method: str, seed: int):
-    task = self.grid.methods[method] or self.grid.scratch_task
+    task = self.grid.methods[method]
+    task = self.grid.scratch_task if task in ("", PIXELS) else task
     c = load_config_file(f"{self.grid.pretrain_config}:{self.grid.pretrain_arg},task={task}")
     with_overrides(c, self.grid.overrides.to_dict())
     with_overrides(c, self.grid.pretrain_overrides.to_dict())
@@ -60,7 +61,8 @@ class Runner:
       _, metrics = train.train_and_evaluate(config, workdir)
       return dict(config=config.to_dict(), metrics=metrics, img_per_s=_img_per_s(workdir))
     e = g.evals[cell.eval]
-    pre = self.pretrain_dir(cell.method, cell.seed) if g.methods[cell.method] else ""
+    pretrained_method = g.methods[cell.method] not in ("", PIXELS)
+    pre = self.pretrain_dir(cell.method, cell.seed) if pretrained_method else ""
     if cell.kind == "finetune":
       arg = ",".join(filter(None, [e.arg, f"init={pre}" if pre else ""]))
       config = load_config_file(f"{g.finetune_config}:{arg}")
@@ -73,13 +75,17 @@ class Runner:
     return self._feature_eval(cell, e, pre)
 
   def _feature_eval(self, cell: Cell, e, pre: str) -> dict:
-    """kNN / linear probe of a pretraining's backbone, or of a random one (scratch)."""
+    """kNN / linear probe of a pretraining's backbone, of a random one (scratch),
+    or of the pixels."""
     import jax
     from ebm_pretrain import evaluators, objectives, pretrained
     if pre:
       model = pretrained.load(pre)
       config, objective, params, state = model.config, model.objective, model.params, \
           model.model_state
+    elif self.grid.methods[cell.method] == PIXELS:
+      config, objective, params, state = self._pretrain_config(cell.method, cell.seed), \
+          _Pixels(), {}, {}
     else:  # the features of a freshly initialised model of the pretraining config
       config = self._pretrain_config(cell.method, cell.seed)
       objective = objectives.get(config)
@@ -96,6 +102,14 @@ class Runner:
     ev = evaluators.get_class(cell.kind)(cell.eval, spec, config, objective,
                                          evaluators.Context.local())
     return dict(config=config.to_dict(), metrics=ev(params, state), evaluator=spec)
+
+
+class _Pixels:
+  """Features = the normalised pixels, flattened: what a feature evaluation
+  reaches with no representation learning at all."""
+
+  def features(self, params, model_state, images):
+    return images.reshape(images.shape[0], -1)
 
 
 def run(grid_spec: str, out: str, only: str = "*", log=print) -> None:
