@@ -8,7 +8,8 @@ labels, or train the same ViT-nano/7 from scratch on them (2 CPU cores, minutes)
 
 The model is the checkpoint's (any family) when init is given as an argument
 (configs/demo_finetune.py:init=workdirs/demo_convnext); from scratch, model=vit
-(ViT-nano/7, the default), convnext or swin (their nano variants at 32px).
+(ViT-nano/7, the default), convnext or swin (their nano variants at 32px);
+``variant=`` another size of that family (e.g. model=vit,variant=S/4).
 launch/demo_finetune.sh runs all four (1% and 10%, pretrained and scratch) and
 prints the table of test-split top-1 that the README gives.
 
@@ -22,12 +23,12 @@ from ebm_pretrain import recipes
 
 
 def get_config(arg=None):
-  a = recipes.parse_arg(arg, fraction=0.01, init="", model="vit", steps=0, epochs=0,
+  a = recipes.parse_arg(arg, fraction=0.01, init="", model="vit", variant="", steps=0, epochs=0,
                            full_augment=False)
   c = recipes.finetune_defaults()
   c.init = a.init
   c.num_classes = 10
-  c.model, size = recipes.small_finetune_model(a.init, a.model, recipes.DEMO_MODELS)
+  c.model, size = recipes.small_finetune_model(a.init, a.model, recipes.DEMO_MODELS, a.variant)
   c.dtype = "float32"
   recipes.use_fashion_mnist(c.data, size)
   c.data.train_fraction = a.fraction

@@ -299,14 +299,16 @@ def small_pretrain(family: str, table: dict) -> tuple[ml_collections.ConfigDict,
   return pretrain_defaults_for(family, model.variant), size
 
 
-def small_finetune_model(init: str, family: str,
-                         table: dict) -> tuple[ml_collections.ConfigDict, int]:
+def small_finetune_model(init: str, family: str, table: dict,
+                         variant: str = "") -> tuple[ml_collections.ConfigDict, int]:
   """(``config.model``, image size) of a demo/test fine-tuning: with ``init``, the
-  checkpoint's backbone and image size; else ``family``'s small model, from scratch."""
+  checkpoint's backbone and image size (``variant`` is ignored); else
+  ``family``'s small model (or its ``variant``), from scratch."""
   if init:
     trained = checkpoints.read_config(checkpoints.find(init))
     return parse_model(""), trained.data.image_size
   model, size = small_model(family, table)
+  model.variant = variant or model.variant
   return ml_collections.ConfigDict(models.finetune_model(model.to_dict())), size
 
 

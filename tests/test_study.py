@@ -93,3 +93,15 @@ def test_committed_results_regenerate_byte_for_byte_and_match_the_readme(tmp_pat
       if os.path.isfile(copy / f):
         assert (copy / f).read_bytes() == open(os.path.join(committed, f), "rb").read(), f
     assert readme.read_text() == open(os.path.join(ROOT, "README.md")).read()
+
+
+def test_a_larger_grid_is_an_argument_not_a_change():
+  """The GPU grid: more epochs and a larger ViT reach every pretraining and the
+  scratch fine-tunings through the grid's argument alone."""
+  grid = study.load_config_file("configs/study/fashion_mnist.py:epochs=50,variant=S/4")
+  runner = study.Runner(grid, "/nonexistent")
+  pre = runner._pretrain_config("mixed", 0)
+  assert (pre.model.variant, pre.total_epochs, pre.data.holdout) == ("S/4", 50, 5000)
+  for name in ("ft_1pct", "ft_10pct_lrx3"):
+    ft = study.load_config_file(f"{grid.finetune_config}:{grid.evals[name].arg}")
+    assert ft.model.variant == "S/4" and not ft.init

@@ -8,7 +8,8 @@ fine-tuning on 1% and 10% of the labels, a linear probe and kNN.
 5000 training images are held out (data.holdout) and every number is measured
 on them: the choices are made there. The final numbers: the same grid with
 ``:split=test``, into another --out. 3 pretraining epochs (the README says how
-long that takes and why 3); ``:epochs=N`` changes it. The fine-tuning learning
+long that takes and why 3); ``:epochs=N`` changes it, ``:variant=S/4`` the
+ViT (a GPU's grid: ``:epochs=50,variant=S/4`` into another --out). The fine-tuning learning
 rate is searched (x0.3, x3) for scratch and the best pixel task on seed 0.
 Results so far: results/fashion_mnist/table.md (README, "The study").
 """
@@ -19,10 +20,12 @@ from ebm_pretrain.study import grid as study_grid
 
 
 def get_config(arg=None):
-  a = recipes.parse_arg(arg, epochs=3, split="holdout")
+  a = recipes.parse_arg(arg, epochs=3, split="holdout", variant="")
   g = ml_collections.ConfigDict()
   g.pretrain_config = "configs/demo.py"
-  g.pretrain_arg = "steps=0"
+  # variant=: another ViT size for every method (e.g. S/4 on a GPU); "" = nano/7.
+  g.pretrain_arg = f"steps=0,variant={a.variant}" if a.variant else "steps=0"
+  model_arg = f",variant={a.variant}" if a.variant else ""  # (scratch; init= overrides)
   g.finetune_config = "configs/demo_finetune.py"
   g.scratch_task = "mixed"
   g.methods = ml_collections.ConfigDict(dict(
@@ -39,15 +42,16 @@ def get_config(arg=None):
   g.pretrain_overrides = ml_collections.ConfigDict(dict(
       total_steps=0, total_epochs=a.epochs, checkpoint_every=500, eval_examples=1000))
   evals = dict(
-      ft_1pct=dict(kind="finetune", arg="fraction=0.01"),
-      ft_10pct=dict(kind="finetune", arg="fraction=0.1"),
+      ft_1pct=dict(kind="finetune", arg="fraction=0.01" + model_arg),
+      ft_10pct=dict(kind="finetune", arg="fraction=0.1" + model_arg),
       probe=dict(kind="linear_probe", train_examples=10000),
       knn=dict(kind="knn", k=20, train_examples=10000))
   base_lr = 1e-3  # configs/demo_finetune.py's
   for pct, fraction in (("1pct", 0.01), ("10pct", 0.1)):
     for name, factor in (("x03", 0.3), ("x3", 3.0)):
       evals[f"ft_{pct}_lr{name}"] = dict(
-          kind="finetune", arg=f"fraction={fraction}", methods=["scratch", "mixed"], seeds=[0],
+          kind="finetune", arg=f"fraction={fraction}{model_arg}", methods=["scratch", "mixed"],
+          seeds=[0],
           overrides=dict(optim=dict(base_lr=base_lr * factor)))
   g.evals = ml_collections.ConfigDict(evals)
   # The paper's claims, each as "method beats (or matches) each of than" on every
