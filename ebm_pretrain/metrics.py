@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image
 
 from ebm_pretrain import fs
-from ebm_pretrain.data import normalization
 
 
 class MetricWriter:
@@ -92,19 +91,6 @@ class StallDetector:
             f"{grad:.3g}, restored error {restored:.4g} >= corrupted {corrupted:.4g}. It is "
             "not learning; lower optim.base_lr or change alpha.init (stall_log_steps=0 "
             "silences this)")
-
-
-def image_grid(columns: dict[str, np.ndarray], mean, std, pad: int = 2) -> np.ndarray:
-  """Rows = examples, columns = stages (corrupted, step_1..N, original);
-  normalised float images -> one uint8 grid."""
-  cols = [np.asarray(normalization.to_pixels(v, mean, std)) for v in columns.values()]
-  b, h, w, c = cols[0].shape
-  grid = np.ones((b * (h + pad) + pad, len(cols) * (w + pad) + pad, c), np.float32)
-  for j, col in enumerate(cols):
-    for i in range(b):
-      y, x = pad + i * (h + pad), pad + j * (w + pad)
-      grid[y:y + h, x:x + w] = col[i]
-  return (np.nan_to_num(grid) * 255).round().astype(np.uint8)
 
 
 class ConsoleReporter:

@@ -5,6 +5,7 @@
   feats = model.features(images)                     # [B, D]
   e = model.energy(images)                           # [B]   (energy checkpoints)
   chain = model.restore(corrupted, num_steps=2)      # [N, B, H, W, C] in [0, 1]
+  cols = model.restoration_columns(images, task="sr4")  # corrupted, steps, original
   model.config                                       # the config it was trained with
 
 ``images`` are [B, H, W, C] arrays: uint8 in [0, 255], or float in [0, 1]. The
@@ -22,7 +23,7 @@ import numpy as np
 
 from ebm_pretrain import checkpoints, energy, objectives, recipes
 from ebm_pretrain.data import normalization
-from ebm_pretrain.objectives.restoration import EnergyObjective
+from ebm_pretrain.objectives.restoration import EnergyObjective, check_corruption, make_corruption
 from ebm_pretrain.objectives.supervised import SupervisedObjective
 
 
@@ -83,6 +84,29 @@ class Pretrained:
       raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     chain = self._restore(self.params, self._normalize(corrupted_images), n)
     return normalization.to_pixels(chain, self._mean, self._std)
+
+  def restoration_columns(self, images, task: str = "", num_steps: int | None = None,
+                          seed: int = 0) -> dict[str, jax.Array]:
+    """``images`` corrupted by ``task`` (a corruption spec; default: the training
+    one) and restored: {"corrupted", "step_1" .. "step_N", "original"}, each
+    [B, H, W, C] in the normalised space (``pictures.grid`` draws them)."""
+    obj = self._energy_objective("restoration_columns()")
+    n = int(num_steps or self.config.inner_steps)
+    if n < 1:
+      raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    corrupt = obj.corrupt
+    if task:
+      config = self.config.copy_and_resolve_references()
+      config.task = task
+      if task != self.config.task:  # the training task's options belong to it
+        config.task_kwargs = ml_collections.ConfigDict()
+      check_corruption(config, field="task")
+      corrupt = make_corruption(config)
+    x = self._normalize(images)
+    corrupted = corrupt(jax.random.PRNGKey(seed), x)
+    chain = self._restore(self.params, corrupted, n)
+    return {"corrupted": corrupted, **{f"step_{i + 1}": chain[i] for i in range(n)},
+            "original": x}
 
   def logits(self, images) -> jax.Array:
     """Class logits [B, num_classes] (fine-tuned / linear-probe checkpoints)."""

@@ -72,6 +72,21 @@ def shuffled_posemb(rng, posemb: Array, keep: Array) -> tuple[Array, Array]:
   return shuffled, true
 
 
+def place_patches(images: Array, patch: int, keep: Array, positions: Array) -> Array:
+  """Images [B, H, W, C] drawn from their kept patches (token indices ``keep``
+  [B, K]) put at ``positions`` [B, K] of the patch grid; every other position is
+  0 (the data mean in normalised space). Two patches sent to one position: the
+  later one shows."""
+  b, h, w, c = images.shape
+  gh, gw = h // patch, w // patch
+  tiles = images[:, :gh * patch, :gw * patch].reshape(b, gh, patch, gw, patch, c)
+  tiles = tiles.transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, patch, patch, c)
+  kept = jnp.take_along_axis(tiles, keep[:, :, None, None, None], axis=1)
+  canvas = jax.vmap(lambda t, i, v: t.at[i].set(v))(jnp.zeros_like(tiles), positions, kept)
+  canvas = canvas.reshape(b, gh, gw, patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+  return canvas.reshape(b, gh * patch, gw * patch, c)
+
+
 def sorted_fraction(pred: Array, posemb: Array, true_index: Array) -> Array:
   """[B]: the fraction of tokens whose embedding is nearest (L2) to their own
   position's, among all N positions."""

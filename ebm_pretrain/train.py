@@ -25,6 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ebm_pretrain import checkpoints, evaluators, fs, metrics as metrics_lib, objectives, optim
+from ebm_pretrain import pictures
 from ebm_pretrain import validate as validate_lib, workdir as workdir_lib
 from ebm_pretrain.data import normalization, pipeline, sources
 from ebm_pretrain.errors import NonFiniteLossError
@@ -271,7 +272,7 @@ def _run(config, workdir, devices, source, ckpts, log):
 
       if draws and itstime(step, config.image_every, total_steps):
         grids = jax.device_get(visualize(state["params"], batch, jax.random.fold_in(vis_rng, step)))
-        path = writer.image(step, "restoration", metrics_lib.image_grid(grids, mean, std))
+        path = writer.image(step, "restoration", pictures.grid(grids, mean, std))
         if path and step == total_steps:
           log(f"Restoration grid (corrupted | steps | original): {path}", flush=True)
 

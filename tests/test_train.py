@@ -89,8 +89,10 @@ def test_cli_run_writes_checkpoint_metrics_tensorboard_and_grids(tmp_path):
   grids = sorted(glob.glob(os.path.join(wd, "images", "restoration_*.png")))
   assert [os.path.basename(g) for g in grids] == ["restoration_00000002.png", "restoration_00000004.png"]
   from PIL import Image
-  w, h = Image.open(grids[-1]).size
-  assert w == 4 * 16 + 5 * 2 and h == 4 * 16 + 5 * 2  # 4 columns (corrupted, 2 steps, original), 4 rows
+  from ebm_pretrain import pictures
+  w, h = Image.open(grids[-1]).size  # 4 columns (corrupted, 2 steps, original), 4 rows; 16 -> 96 px
+  pad = pictures.PAD
+  assert (w, h) == (pad + 4 * (96 + pad), pictures.HEADER + pad + 4 * (96 + pad))
   assert json.load(open(os.path.join(wd, "config.json")))["model"]["variant"] == "mu/4"
   step, state = latest_params(wd)
   assert step == 4 and int(state["step"]) == 4

@@ -16,7 +16,7 @@ class Sorting(Evaluator):
     return None if config.objective == "sorting" else "needs objective=sorting"
 
   def batch_sums(self, params, model_state, batch, rng):
-    problem, keep, posemb = self.objective.sorting_problem(batch["image"], rng)
+    problem, keep, posemb, _ = self.objective.sorting_problem(batch["image"], rng)
     chain = self.objective.chain(params, problem)
     w = batch["valid"].astype(jnp.float32)
     out = {}

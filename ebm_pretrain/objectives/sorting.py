@@ -6,8 +6,10 @@ only ones whose embeddings enter the network."""
 from __future__ import annotations
 
 import dataclasses
+from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from ebm_pretrain import models, sorting
@@ -32,6 +34,13 @@ def check_settings(config) -> None:
     fail("task_kwargs.keep_ratio", f"must be in (0, 1], got {config.task_kwargs.keep_ratio}")
 
 
+class SortingProblem(NamedTuple):
+  problem: Problem    # over the kept tokens' embeddings [B, K, D]
+  keep: jax.Array     # [B, K] the kept tokens' true positions
+  posemb: jax.Array   # [N, D] every position's true embedding
+  images: jax.Array   # the regularised (edge-masked) images the energy sees
+
+
 @dataclasses.dataclass
 class SortingObjective(EnergyModelObjective):
 
@@ -54,9 +63,7 @@ class SortingObjective(EnergyModelObjective):
     if config.loss != "mse":
       fail("loss", f"sorting's loss is the MSE of Eq. 7, got {config.loss!r}")
 
-  def sorting_problem(self, images, rng):
-    """(the restoration problem over the kept tokens' embeddings, kept indices
-    [B, K], the table of all N true embeddings [N, D])."""
+  def sorting_problem(self, images, rng) -> SortingProblem:
     k_reg, k_perm = jax.random.split(rng)
     gh, gw = self.backbone.patch_grid(images.shape[1:3])
     posemb = models.posemb_sincos_2d(gh, gw, self.backbone.width)[0]  # [N, D]
@@ -67,10 +74,25 @@ class SortingObjective(EnergyModelObjective):
 
     def energy_fn(model_params, pe):
       return self.model.apply({"params": model_params}, images, posemb=pe, keep=keep)
-    return Problem(energy_fn, start, true, "mse"), keep, posemb
+    return SortingProblem(Problem(energy_fn, start, true, "mse"), keep, posemb, images)
 
   def problem(self, batch, rng) -> Problem:
-    return self.sorting_problem(batch["image"], rng)[0]
+    return self.sorting_problem(batch["image"], rng).problem
+
+  def visualize(self, params, batch, rng) -> dict[str, jax.Array]:
+    """The kept patches drawn where their embeddings point: shuffled, after each
+    step, and in place (dropped positions hold the data mean)."""
+    s = self.sorting_problem(batch["image"], rng)
+    chain = self.chain(params, s.problem)
+    patch = models.decode_variant(self.config.model.variant)["patch_size"]
+
+    def drawn(pe):
+      nearest = jnp.argmin(jnp.sum((pe[:, :, None] - s.posemb[None, None]) ** 2, -1), -1)
+      return sorting.place_patches(s.images, patch, s.keep, nearest)
+    out = {"shuffled": drawn(s.problem.start)}
+    out.update({f"step_{n + 1}": drawn(chain[n]) for n in range(chain.shape[0])})
+    out["in_place"] = sorting.place_patches(s.images, patch, s.keep, s.keep)
+    return out
 
   @classmethod
   def default_evals(cls) -> dict[str, dict]:

@@ -1,0 +1,61 @@
+"""Pictures a person can read: grids of image columns (corrupted, each restoration
+step, original; or shuffled, each sorting step, in place), every image scaled
+up (nearest neighbour) to at least ``MIN_SIZE`` pixels, under a header row
+naming the columns. The training loop writes them to PNG and TensorBoard;
+``python -m ebm_pretrain.restore`` draws one for a user's own images."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from ebm_pretrain.data import normalization
+
+MIN_SIZE = 96    # pixels: the smallest image side drawn
+HEADER = 18      # pixels: the header row's height
+PAD = 2
+
+
+def upscale(images: np.ndarray, min_size: int = MIN_SIZE) -> np.ndarray:
+  """[B, H, W, C] -> each side multiplied by the smallest integer that brings
+  the shorter one to ``min_size`` or more (nearest neighbour: pixels stay square
+  and sharp, no interpolated detail)."""
+  factor = max(1, -(-min_size // min(images.shape[1:3])))
+  return images.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def label(name: str) -> str:
+  """A column key as a header: ``step_2`` -> ``step 2``."""
+  return name.replace("_", " ")
+
+
+def _font():
+  try:
+    return ImageFont.load_default(size=12)
+  except TypeError:  # Pillow without FreeType: the fixed bitmap font
+    return ImageFont.load_default()
+
+
+def grid(columns: dict[str, np.ndarray], mean, std, min_size: int = MIN_SIZE) -> np.ndarray:
+  """Rows = examples, columns = ``columns`` (normalised float images [B, H, W, C],
+  in order) -> one uint8 [H', W', C] picture with a header row of the column
+  names."""
+  cols = [upscale(np.asarray(normalization.to_pixels(v, mean, std)), min_size)
+          for v in columns.values()]
+  b, h, w, c = cols[0].shape
+  top = HEADER + PAD
+  out = np.ones((top + b * (h + PAD), PAD + len(cols) * (w + PAD), c), np.float32)
+  for j, col in enumerate(cols):
+    x = PAD + j * (w + PAD)
+    for i in range(b):
+      y = top + i * (h + PAD)
+      out[y:y + h, x:x + w] = col[i]
+  pixels = (np.nan_to_num(out) * 255).round().astype(np.uint8)
+  picture = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
+  draw, font = ImageDraw.Draw(picture), _font()
+  for j, name in enumerate(columns):
+    text = label(name)
+    left, _, right, bottom = draw.textbbox((0, 0), text, font=font)
+    x = PAD + j * (w + PAD) + max(0, (w - (right - left)) // 2)
+    draw.text((x, max(0, (HEADER - bottom) // 2)), text, fill=0 if c == 1 else (0,) * c, font=font)
+  drawn = np.asarray(picture)
+  return drawn[..., None] if c == 1 else drawn

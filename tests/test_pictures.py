@@ -1,0 +1,89 @@
+"""Pictures a person can read: the grid (upscaled, a header naming the columns),
+sorting drawn as patches, and ``python -m ebm_pretrain.restore`` on a user's
+own folder of images, bad files included."""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from ebm_pretrain import objectives, pictures, restore, sorting
+from helpers import load_config
+
+
+def test_grid_scales_each_image_up_and_names_the_columns():
+  rng = np.random.default_rng(0)
+  cols = {name: rng.uniform(0.1, 0.9, (2, 8, 8, 1)).astype(np.float32)
+          for name in ("corrupted", "step_1", "original")}
+  g = pictures.grid(cols, mean=(0.0,), std=(1.0,))   # normalised == pixels here
+  factor, pad, top = 12, pictures.PAD, pictures.HEADER + pictures.PAD  # 8 px -> 96 px
+  assert g.dtype == np.uint8 and g.shape == (top + 2 * (96 + pad), pad + 3 * (96 + pad), 1)
+  for j, v in enumerate(cols.values()):
+    x = pad + j * (96 + pad)
+    for i in range(2):
+      y = top + i * (96 + pad)
+      block = g[y:y + 96, x:x + 96, 0].astype(np.float32)
+      want = np.round(v[i, ..., 0] * 255).repeat(factor, 0).repeat(factor, 1)
+      np.testing.assert_array_equal(block, want)  # nearest: each pixel a sharp 12x12 square
+    header = g[:pictures.HEADER, x:x + 96, 0]
+    assert header.min() < 100 and np.median(header) == 255  # dark text on white
+
+
+def test_place_patches_puts_each_kept_patch_where_told():
+  tiles = jnp.arange(4, dtype=jnp.float32) + 1.0                  # a 2x2 grid of 2px patches
+  image = jnp.kron(tiles.reshape(2, 2), jnp.ones((2, 2)))[None, :, :, None]
+  keep = jnp.array([[0, 3]])
+  in_place = sorting.place_patches(image, 2, keep, keep)[0, ..., 0]
+  np.testing.assert_array_equal(in_place, jnp.kron(jnp.array([[1., 0.], [0., 4.]]), jnp.ones((2, 2))))
+  moved = sorting.place_patches(image, 2, keep, jnp.array([[1, 2]]))[0, ..., 0]
+  np.testing.assert_array_equal(moved, jnp.kron(jnp.array([[0., 1.], [4., 0.]]), jnp.ones((2, 2))))
+
+
+def test_sorting_draws_the_same_patches_shuffled_and_in_place():
+  c = load_config("tiny", "task=sorting")
+  obj = objectives.get(c)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3))
+  params = obj.init(jax.random.PRNGKey(1), x[:1])
+  cols = obj.visualize(params, {"image": x}, jax.random.PRNGKey(2))
+  assert list(cols) == ["shuffled", "step_1", "step_2", "in_place"]
+  assert all(v.shape == x.shape for v in cols.values())
+
+  def tile_sums(img):  # the multiset of the 4x4 patches' contents
+    t = np.asarray(img).reshape(2, 4, 4, 4, 4, 3).sum(axis=(2, 4, 5))
+    return np.sort(t.reshape(2, -1), axis=1)
+  np.testing.assert_allclose(tile_sums(cols["shuffled"]), tile_sums(cols["in_place"]), atol=1e-4)
+  assert not np.allclose(cols["shuffled"], cols["in_place"])
+
+
+def _png(path, size, channels=3):
+  rng = np.random.default_rng(size)
+  Image.fromarray(rng.integers(0, 255, (size, size, channels), dtype=np.uint8)).save(path)
+
+
+def test_restore_draws_a_folder_and_names_each_bad_file(tiny_pretrain, tmp_path, capsys):
+  folder = tmp_path / "images"
+  folder.mkdir()
+  _png(folder / "a.png", 16)
+  _png(folder / "b.png", 16)
+  _png(folder / "c_odd.png", 18)      # the patch (4) does not divide it
+  _png(folder / "d_big.png", 20)      # divisible, but the learned position embeddings are 4x4
+  (folder / "notes.txt").write_text("not an image")
+  out = tmp_path / "grid.png"
+  status = restore.main([f"--init={tiny_pretrain}", f"--images={folder}", f"--output={out}"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert status == 2
+  assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+  for name in ("c_odd.png", "d_big.png", "notes.txt"):
+    assert sum(name in line for line in err) == 1, (name, err)
+  w, h = Image.open(out).size   # 2 rows of 4 columns (corrupted, 2 steps, original), 16 -> 96 px
+  pad = pictures.PAD
+  assert (w, h) == (pad + 4 * (96 + pad), pictures.HEADER + pad + 2 * (96 + pad))
+
+  status = restore.main([f"--init={tiny_pretrain}", f"--images={folder}", f"--output={out}",
+                         "--task=sr2", "--steps=1", "--limit=2"])
+  assert status == 0 and Image.open(out).size == (pad + 3 * (96 + pad), h)
+  assert restore.main([f"--init={tmp_path / 'nothing'}", f"--images={folder}",
+                       f"--output={out}"]) == 2
+  assert capsys.readouterr().err.startswith("error: ")
+  assert os.path.exists(out)
