@@ -79,6 +79,42 @@ def find(path: str) -> Found:
   return Found(os.fspath(ckpt_dir), steps[0], workdir, tuple(steps[1:]))
 
 
+# ----------------------------------------------------------------------------
+# timm files: --config.init=FILE.safetensors (python -m ebm_pretrain.export, or timm's).
+# ----------------------------------------------------------------------------
+TIMM_SUFFIX = ".safetensors"
+
+
+def is_timm_file(path: str) -> bool:
+  return str(path).endswith(TIMM_SUFFIX)
+
+
+def read_timm_config(path: str) -> dict:
+  """The config.json beside a timm file (architecture, kwargs, input_size): how
+  to build the model it holds. CheckpointError if there is none."""
+  cfg = fs.path(path).parent / "config.json"
+  try:
+    out = json.loads(cfg.read_text())
+    missing = {"architecture", "kwargs", "input_size"} - set(out)
+    if missing:
+      raise ValueError(f"it has no {', '.join(sorted(missing))}")
+    return out
+  except (OSError, ValueError) as e:
+    raise CheckpointError(
+        f"no usable config.json (architecture, kwargs) beside {path} ({_first_line(e)}): name "
+        "the model it holds, e.g. --config.model.name=vit --config.model.variant=S/16 "
+        "--config.data.image_size=224") from None
+
+
+def read_timm(path: str) -> dict[str, np.ndarray]:
+  """The state dict of a timm safetensors file (numpy; no torch)."""
+  from safetensors.numpy import load_file
+  try:
+    return load_file(os.fspath(fs.path(path)))
+  except Exception as e:  # pylint: disable=broad-except  (missing, truncated, not safetensors)
+    raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from None
+
+
 def read_config(found: Found) -> ml_collections.ConfigDict:
   if found.workdir is None:
     raise CheckpointError(f"no config.json next to {found.checkpoints_dir}: cannot tell "
@@ -367,7 +403,17 @@ def backbone_of(params: dict) -> dict:
 def pretrained_backbone(config, target: dict, path: str, log=print) -> dict:
   """``target`` (fresh backbone params of ``config.model``) replaced by the backbone
   of the checkpoint at ``path``, through the family's ``load`` hook
-  (``models.load_backbone``); a different model is a CheckpointError."""
+  (``models.load_backbone``); a different model is a CheckpointError. A timm
+  file (``.safetensors``) goes through the family's timm mapping first."""
+  if is_timm_file(path):
+    try:
+      loaded = models.timm_mapping(config.model.name).from_timm(read_timm(path),
+                                                                config.model.to_dict())
+      backbone = models.load_backbone(config.model.to_dict(), target, loaded, log=log)
+    except (CheckpointError, ValueError) as e:
+      raise CheckpointError(f"{path}: {e}") from None
+    log(f"Initialised the backbone from the timm file {path}")
+    return backbone
   found = find(path)
   if found.workdir is not None:
     trained = read_config(found).model
@@ -403,7 +449,11 @@ def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
         "config.model.name: empty, which means 'the backbone of config.init', but config.init "
         "is empty too: set --config.init=PRETRAINING_WORKDIR, or name a model to train from "
         "scratch (e.g. --config.model.name=vit --config.model.variant=S/16)")
-  trained = read_config(find(config.init)).model.to_dict()
+  if is_timm_file(config.init):
+    t = read_timm_config(config.init)
+    trained = models.model_of_timm(t["architecture"], t["kwargs"])
+  else:
+    trained = read_config(find(config.init)).model.to_dict()
   model = models.finetune_model(trained)
   model.update({k: v for k, v in config.model.to_dict().items() if k != "name"})
   config = ml_collections.ConfigDict(config.to_dict())

@@ -304,6 +304,8 @@ def small_finetune_model(init: str, family: str, table: dict,
   """(``config.model``, image size) of a demo/test fine-tuning: with ``init``, the
   checkpoint's backbone and image size (``variant`` is ignored); else
   ``family``'s small model (or its ``variant``), from scratch."""
+  if init and checkpoints.is_timm_file(init):
+    return parse_model(""), checkpoints.read_timm_config(init)["input_size"][-1]
   if init:
     trained = checkpoints.read_config(checkpoints.find(init))
     return parse_model(""), trained.data.image_size

@@ -35,9 +35,10 @@ def test_place_patches_puts_each_kept_patch_where_told():
   image = jnp.kron(tiles.reshape(2, 2), jnp.ones((2, 2)))[None, :, :, None]
   keep = jnp.array([[0, 3]])
   in_place = sorting.place_patches(image, 2, keep, keep)[0, ..., 0]
-  np.testing.assert_array_equal(in_place, jnp.kron(jnp.array([[1., 0.], [0., 4.]]), jnp.ones((2, 2))))
+  block = jnp.ones((2, 2))
+  np.testing.assert_array_equal(in_place, jnp.kron(jnp.array([[1., 0.], [0., 4.]]), block))
   moved = sorting.place_patches(image, 2, keep, jnp.array([[1, 2]]))[0, ..., 0]
-  np.testing.assert_array_equal(moved, jnp.kron(jnp.array([[0., 1.], [4., 0.]]), jnp.ones((2, 2))))
+  np.testing.assert_array_equal(moved, jnp.kron(jnp.array([[0., 1.], [4., 0.]]), block))
 
 
 def test_sorting_draws_the_same_patches_shuffled_and_in_place():

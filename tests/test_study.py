@@ -71,7 +71,8 @@ def test_grid_runs_resumes_after_a_kill_and_reports(tmp_path):
                     for f in files]
   first = digest()
   readme = tmp_path / "README.md"
-  readme.write_text("intro\n<!-- claims:begin -->\nold\n<!-- claims:end -->\nend\n")  # no results block
+  # (a README with the claims block only)
+  readme.write_text("intro\n<!-- claims:begin -->\nold\n<!-- claims:end -->\nend\n")
   study.report(out, readme=str(readme))
   assert digest() == first
   assert readme.read_text() == f"intro\n<!-- claims:begin -->\n{claims}<!-- claims:end -->\nend\n"

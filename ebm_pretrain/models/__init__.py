@@ -12,17 +12,20 @@ ViT: global pooling, drop path 0.1); ``check(variant, image_size, **options)``
 raises ConfigError for options the family cannot take; ``load(target, loaded,
 model, log) -> params`` carries a checkpoint's backbone parameters into a fresh
 one (default: leaf by leaf, ``loading.match``; ViT resamples position
-embeddings). A new family is one file that ends in ``register_backbone(...)``
-(README, "Extending").
+embeddings); ``timm``, a module with ``to_timm(params, model, image_size,
+channels) -> (name, kwargs, state dict)``, ``from_timm(state dict, model) ->
+params`` and ``model_of(architecture, kwargs) -> model | None`` (``python -m
+ebm_pretrain.export``, ``init=FILE.safetensors``). A new family is one file that
+ends in ``register_backbone(...)`` (README, "Extending").
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 
-from ebm_pretrain.models import convnext, loading, swin, vit
+from ebm_pretrain.models import convnext, loading, swin, vit, vit_timm
 from ebm_pretrain.models.energy_model import EnergyModel, energy_fn_of
 from ebm_pretrain.models.vit import ViT, decode_variant, posemb_sincos_2d
 
@@ -34,6 +37,7 @@ class Backbone:
   finetune: Callable[[dict], dict] | None = None
   check: Callable[..., None] | None = None
   load: Callable[..., dict] | None = None
+  timm: Any = None  # a module with to_timm / from_timm (models/vit_timm.py): export, import
 
 
 _BACKBONES: dict[str, Backbone] = {}
@@ -43,8 +47,8 @@ def register_backbone(name: str, factory: Callable[..., nn.Module],
                       layer_id: Callable[[str, str], tuple[int, int]] | None = None,
                       finetune: Callable[[dict], dict] | None = None,
                       check: Callable[..., None] | None = None,
-                      load: Callable[..., dict] | None = None) -> None:
-  _BACKBONES[name] = Backbone(factory, layer_id, finetune, check, load)
+                      load: Callable[..., dict] | None = None, timm: Any = None) -> None:
+  _BACKBONES[name] = Backbone(factory, layer_id, finetune, check, load, timm)
 
 
 def backbone_names() -> list[str]:
@@ -94,6 +98,27 @@ def load_backbone(model: dict, target: dict, loaded: dict, log=print) -> dict:
   return loading.match(target, loaded, log=log)
 
 
+def timm_mapping(name: str):
+  """The family's timm parameter mapping (``to_timm``, ``from_timm``); ValueError
+  naming the families that have one."""
+  hook = _family(name).timm
+  if hook is None:
+    have = [n for n in backbone_names() if _BACKBONES[n].timm is not None]
+    raise ValueError(f"model {name!r} has no timm mapping yet; these have: {', '.join(have)}")
+  return hook
+
+
+def model_of_timm(architecture: str, kwargs: dict) -> dict:
+  """Our ``config.model`` for a timm architecture + kwargs (an exported
+  config.json), from the first family whose mapping recognises it."""
+  for name in backbone_names():
+    hook = _BACKBONES[name].timm
+    model = hook.model_of(architecture, kwargs) if hook is not None else None
+    if model is not None:
+      return model
+  raise ValueError(f"no family maps the timm architecture {architecture!r}")
+
+
 def _checked(family, module):
   def factory(variant, **kwargs):
     family.decode_variant(variant)  # fail at build time, naming the variant
@@ -102,7 +127,7 @@ def _checked(family, module):
 
 
 register_backbone("vit", _checked(vit, ViT), vit.layer_id, vit.finetune, vit.check_options,
-                  vit.load)
+                  vit.load, vit_timm)
 # Drop path as the families' ImageNet-1k recipes for the tiny/small sizes.
 register_backbone("convnext", _checked(convnext, convnext.ConvNeXt), convnext.layer_id,
                   lambda m: dict(m, drop_path=0.1))
@@ -111,4 +136,5 @@ register_backbone("swin", _checked(swin, swin.Swin), swin.layer_id,
 
 __all__ = ["Backbone", "EnergyModel", "ViT", "backbone_names", "check_options", "decode_variant",
            "energy_fn_of", "finetune_model", "get_backbone", "get_energy_model", "layer_id",
+           "model_of_timm", "timm_mapping",
            "load_backbone", "posemb_sincos_2d", "register_backbone"]

@@ -18,6 +18,9 @@ from ebm_pretrain.objectives.base import DTYPES, Base, get_backbone
 from ebm_pretrain.trees import path_str
 
 
+BATCHNORM_EPS = 1e-6  # the linear probe's BatchNorm (export folds it with the same eps)
+
+
 class ClassifierHead(nn.Module):
   """Linear classifier on backbone features; with ``batchnorm``, preceded by a
   BatchNorm without affine parameters (MAE's linear probing)."""
@@ -31,7 +34,7 @@ class ClassifierHead(nn.Module):
   def __call__(self, features, train: bool = False):
     if self.batchnorm:
       features = nn.BatchNorm(use_running_average=not train, use_bias=False, use_scale=False,
-                              momentum=0.9, epsilon=1e-6, dtype=jnp.float32, name="norm")(
+                              momentum=0.9, epsilon=BATCHNORM_EPS, dtype=jnp.float32, name="norm")(
                                   features.astype(jnp.float32))
     return nn.Dense(self.num_classes, kernel_init=nn.initializers.truncated_normal(self.init_std),
                     dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(features)

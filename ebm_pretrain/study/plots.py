@@ -86,7 +86,8 @@ def psnr_per_step(pretrainings: list[dict], path: str) -> None:
     runs = curves[method]
     steps = min(len(c) for c in runs)
     y = np.mean([c[:steps] for c in runs], axis=0)
-    ax.plot(range(steps), y, marker="o", label=f"{method} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+    seeds = f"{len(runs)} seed{'s' * (len(runs) > 1)}"
+    ax.plot(range(steps), y, marker="o", label=f"{method} ({seeds})")
   ax.set_xticks(range(max(len(c) for runs in curves.values() for c in runs)))
   ax.set_xlabel("restoration step (0 = corrupted input)")
   ax.set_ylabel("held-out PSNR (dB)")

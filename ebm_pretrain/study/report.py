@@ -121,7 +121,8 @@ def report(out: str, readme: str | None = None) -> str:
   s = summary(rows)
   evals = sorted(s)
   methods = sorted({m for ms in s.values() for m in ms})
-  split = sorted({r["config"]["data"]["eval_split"] for r in rows if r["cell"]["kind"] != "pretrain"})
+  split = sorted({r["config"]["data"]["eval_split"] for r in rows
+                  if r["cell"]["kind"] != "pretrain"})
   lines = [f"Top-1 (%) on the `{', '.join(split)}` split: mean ± std over seeds.", "",
            "| method | " + " | ".join(evals) + " |", "| --- |" + " --- |" * len(evals)]
   for m in methods:
