@@ -1,7 +1,8 @@
-"""Export to timm / PyTorch and back (ViT): the same features and logits on both
-sides for every pooling and position-embedding option, the exact parameters
-after a round trip, and a fine-tuned and a linear-probe checkpoint exported
-with ``python -m ebm_pretrain.export`` classifying like ``pretrained.load``."""
+"""Export to timm / PyTorch and back: the same features on both sides for ViT
+(every pooling and position-embedding option), ConvNeXt and Swin, the exact
+parameters after a round trip, a fine-tuned and a linear-probe checkpoint
+exported with ``python -m ebm_pretrain.export`` classifying like
+``pretrained.load``, and imports through ``--config.init=FILE.safetensors``."""
 import json
 import os
 
@@ -30,25 +31,38 @@ def _torch_forward(model, images_nhwc: np.ndarray) -> np.ndarray:
     return model(torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)))).numpy()
 
 
-@pytest.mark.parametrize("pool,posemb", [("tok", "learn"), ("gap", "learn"),
-                                         ("gap", "sincos2d"), ("tok", "none")])
-def test_vit_features_equal_timms_and_round_trip(pool, posemb):
-  model = dict(name="vit", variant="mu/4", pool=pool, posemb=posemb)
-  net = models.get_backbone("vit", "mu/4", pool=pool, posemb=posemb)
-  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (3, 16, 16, 3)))
+@pytest.mark.parametrize("model,size", [
+    (dict(name="vit", variant="mu/4", pool="tok", posemb="learn"), 16),
+    (dict(name="vit", variant="mu/4", pool="gap", posemb="learn"), 16),
+    (dict(name="vit", variant="mu/4", pool="gap", posemb="sincos2d"), 16),
+    (dict(name="vit", variant="mu/4", pool="tok", posemb="none"), 16),
+    (dict(name="convnext", variant="pico"), 32),
+    (dict(name="swin", variant="mu"), 16),      # shifted 4x4 windows, then one whole-map window
+    (dict(name="swin", variant="nano"), 32)],   # three stages, two patch mergings
+    ids=["vit-tok", "vit-gap", "vit-sincos", "vit-noposemb", "convnext-pico", "swin-mu",
+         "swin-nano"])
+def test_features_equal_timms_and_round_trip(model, size):
+  options = {k: v for k, v in model.items() if k not in ("name", "variant")}
+  net = models.get_backbone(model["name"], model["variant"], **options)
+  x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (3, size, size, 3)))
   params = net.init(jax.random.PRNGKey(1), x)["params"]
   leaves, tree = jax.tree.flatten(params)  # move every leaf off its init (zeros, ones)
   keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
   params = jax.device_get(jax.tree.unflatten(
       tree, [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)]))
-  name, kwargs, state = vit_timm.to_timm(params, model, image_size=16, channels=3)
+  mapping = models.timm_mapping(model["name"])
+  name, kwargs, state = mapping.to_timm(params, model, image_size=size, channels=3)
   theirs = timm.create_model(name, pretrained=False, **kwargs).eval()
   theirs.load_state_dict({k: torch.tensor(v) for k, v in state.items()}, strict=True)
   ours = np.asarray(net.apply({"params": params}, x))
   np.testing.assert_allclose(_torch_forward(theirs, x), ours, atol=1e-4, rtol=0)
-  back = vit_timm.from_timm(state, model)
+  back = mapping.from_timm(state, model)
   assert jax.tree.structure(back) == jax.tree.structure(params)
   jax.tree.map(np.testing.assert_array_equal, back, params)
+  expected = {"name": model["name"], "variant": model["variant"]}
+  if model["name"] == "vit":  # a timm ViT's own embeddings are learned, whatever ours were
+    expected.update(pool=model["pool"], posemb="learn")
+  assert mapping.model_of(name, kwargs) == expected
 
 
 def test_exported_checkpoints_classify_like_pretrained_load(tiny_pretrain, tmp_path):
@@ -81,8 +95,8 @@ def test_exported_checkpoints_classify_like_pretrained_load(tiny_pretrain, tmp_p
 def test_export_errors_name_the_problem(tmp_path, capsys):
   assert export.main([f"--init={tmp_path / 'none'}", f"--output={tmp_path / 'o'}"]) == 2
   assert capsys.readouterr().err.startswith("error: ")
-  with pytest.raises(ValueError, match="no timm mapping yet; these have: vit"):
-    models.timm_mapping("convnext")
+  with pytest.raises(ValueError, match="4 after a stride-4 one"):
+    models.timm_mapping("convnext").timm_kwargs(dict(name="convnext", variant="nano"), 32, 1)
 
 
 def test_import_of_an_export_starts_from_the_same_backbone(tiny_pretrain, tmp_path):

@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
-from ebm_pretrain.models import convnext, loading, swin, vit, vit_timm
+from ebm_pretrain.models import (convnext, convnext_timm, loading, swin, swin_timm, vit,
+                                 vit_timm)
 from ebm_pretrain.models.energy_model import EnergyModel, energy_fn_of
 from ebm_pretrain.models.vit import ViT, decode_variant, posemb_sincos_2d
 
@@ -130,9 +131,9 @@ register_backbone("vit", _checked(vit, ViT), vit.layer_id, vit.finetune, vit.che
                   vit.load, vit_timm)
 # Drop path as the families' ImageNet-1k recipes for the tiny/small sizes.
 register_backbone("convnext", _checked(convnext, convnext.ConvNeXt), convnext.layer_id,
-                  lambda m: dict(m, drop_path=0.1))
+                  lambda m: dict(m, drop_path=0.1), timm=convnext_timm)
 register_backbone("swin", _checked(swin, swin.Swin), swin.layer_id,
-                  lambda m: dict(m, drop_path=0.2))
+                  lambda m: dict(m, drop_path=0.2), timm=swin_timm)
 
 __all__ = ["Backbone", "EnergyModel", "ViT", "backbone_names", "check_options", "decode_variant",
            "energy_fn_of", "finetune_model", "get_backbone", "get_energy_model", "layer_id",

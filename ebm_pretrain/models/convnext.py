@@ -1,7 +1,8 @@
 """ConvNeXt backbone (Liu et al. 2022, "A ConvNet for the 2020s").
 
-Sizes by variant name (``"T"``, ``"S"``, ``"B"``, ``"L"``; ``"mu"`` and ``"nano"``
-are ours, for tests and CPU demos: three stages; mu has a 2x2 stem). Parameter names
+Sizes by variant name (``"T"``, ``"S"``, ``"B"``, ``"L"``; ``"mu"``, ``"nano"`` and
+``"pico"`` are ours, for tests and CPU demos: mu and nano have three stages, mu a
+2x2 stem; pico is the smallest with timm's four stages, for the export tests). Parameter names
 follow the official code (``downsample_layers_i``, ``stages_i/blocks_j/{dwconv,
 norm, pwconv1, pwconv2, gamma}``, ``norm``). Features are the official head's
 input: global average pooling, then LayerNorm.
@@ -21,6 +22,7 @@ Dtype = Any
 VARIANTS = {
     "mu": dict(depths=(1, 1, 1), dims=(16, 32, 64), stem=2),
     "nano": dict(depths=(2, 2, 2), dims=(32, 64, 128), stem=4),
+    "pico": dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), stem=4),  # timm's 4-stage layout
     "T": dict(depths=(3, 3, 9, 3), dims=(96, 192, 384, 768), stem=4),
     "S": dict(depths=(3, 3, 27, 3), dims=(96, 192, 384, 768), stem=4),
     "B": dict(depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024), stem=4),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ebm_pretrain.errors import CheckpointError
+from ebm_pretrain.models import timm_layout as layout
 from ebm_pretrain.models.vit import decode_variant, posemb_sincos_2d
 
 # timm's registered names for the standard sizes (kwargs override them anyway).
@@ -52,18 +53,14 @@ def model_of(architecture: str, kwargs: dict) -> dict | None:
               pool="tok" if tok else "gap", posemb="learn")
 
 
-def _linear(dense: dict) -> tuple[np.ndarray, np.ndarray]:
-  return np.asarray(dense["kernel"]).T, np.asarray(dense["bias"])
-
-
 def to_timm(params: dict, model: dict, image_size: int, channels: int
             ) -> tuple[str, dict, dict[str, np.ndarray]]:
   """(timm name, kwargs, state dict) of ViT backbone ``params``."""
   name, kwargs = timm_kwargs(model, image_size, channels)
   cfg = decode_variant(model["variant"])
   d, grid = cfg["width"], image_size // cfg["patch_size"]
-  sd = {"patch_embed.proj.weight": np.asarray(params["embedding"]["kernel"]).transpose(3, 2, 0, 1),
-        "patch_embed.proj.bias": np.asarray(params["embedding"]["bias"])}
+  sd = {}
+  layout.put(sd, "patch_embed.proj", params["embedding"], "conv")
   if kwargs["class_token"]:
     sd["cls_token"] = np.asarray(params["cls"])
   if "pos_embedding" in params:
@@ -82,15 +79,12 @@ def to_timm(params: dict, model: dict, image_size: int, channels: int
         [np.asarray(attn[k]["bias"]).reshape(d) for k in ("query", "key", "value")])
     sd[pre + "attn.proj.weight"] = np.asarray(attn["out"]["kernel"]).reshape(d, d).T
     sd[pre + "attn.proj.bias"] = np.asarray(attn["out"]["bias"])
-    for j, norm in enumerate(("norm1", "norm2")):
-      sd[pre + f"{norm}.weight"] = np.asarray(b[f"LayerNorm_{j}"]["scale"])
-      sd[pre + f"{norm}.bias"] = np.asarray(b[f"LayerNorm_{j}"]["bias"])
-    for j, fc in enumerate(("fc1", "fc2")):
-      sd[pre + f"mlp.{fc}.weight"], sd[pre + f"mlp.{fc}.bias"] = _linear(
-          b["MlpBlock_0"][f"Dense_{j}"])
-  sd["norm.weight"] = np.asarray(t["encoder_norm"]["scale"])
-  sd["norm.bias"] = np.asarray(t["encoder_norm"]["bias"])
-  return name, kwargs, {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}
+    layout.put(sd, pre + "norm1", b["LayerNorm_0"], "norm")
+    layout.put(sd, pre + "norm2", b["LayerNorm_1"], "norm")
+    layout.put(sd, pre + "mlp.fc1", b["MlpBlock_0"]["Dense_0"], "dense")
+    layout.put(sd, pre + "mlp.fc2", b["MlpBlock_0"]["Dense_1"], "dense")
+  layout.put(sd, "norm", t["encoder_norm"], "norm")
+  return name, kwargs, layout.finish(sd)
 
 
 def from_timm(sd: dict[str, np.ndarray], model: dict) -> dict:
@@ -101,43 +95,34 @@ def from_timm(sd: dict[str, np.ndarray], model: dict) -> dict:
   loading). CheckpointError names what is missing."""
   cfg = decode_variant(model["variant"])
   d, heads = cfg["width"], cfg["num_heads"]
-
-  def get(key):
-    if key not in sd:
-      raise CheckpointError(f"the timm state dict has no {key!r} (a ViT {model['variant']} "
-                            f"needs it; it has {len(sd)} entries, e.g. {sorted(sd)[:3]})")
-    return np.asarray(sd[key], np.float32)
   if "fc_norm.weight" in sd:
     raise CheckpointError("the timm model normalises after pooling (fc_norm); ours "
                           "normalises the tokens before it: not the same network")
-  w = get("patch_embed.proj.weight")
-  p = {"embedding": {"kernel": w.transpose(2, 3, 1, 0), "bias": get("patch_embed.proj.bias")}}
-  pos = get("pos_embed") if "pos_embed" in sd else None
-  if "cls_token" in sd:
-    p["cls"] = get("cls_token")
+  s = layout.State(sd, f"ViT {model['variant']}")
+  p = {"embedding": s.layer("patch_embed.proj", "conv")}
+  pos = s["pos_embed"] if "pos_embed" in s else None
+  if "cls_token" in s:
+    p["cls"] = s["cls_token"]
     n = pos.shape[1] if pos is not None else 0
     if n and int(round((n - 1) ** 0.5)) ** 2 == n - 1 and int(round(n ** 0.5)) ** 2 != n:
       p["cls"], pos = p["cls"] + pos[:, :1], pos[:, 1:]  # timm's cls slot
   if model.get("posemb", "learn") not in ("sincos2d", "none"):
-    if pos is None:
-      raise CheckpointError("the timm state dict has no 'pos_embed'")
-    p["pos_embedding"] = pos
+    p["pos_embedding"] = s["pos_embed"] if pos is None else pos
   t = {}
   for i in range(cfg["depth"]):
     pre = f"blocks.{i}."
-    qkv_w, qkv_b = get(pre + "attn.qkv.weight").T, get(pre + "attn.qkv.bias")
+    qkv_w, qkv_b = s[pre + "attn.qkv.weight"].T, s[pre + "attn.qkv.bias"]
     attn = {k: {"kernel": qkv_w[:, j * d:(j + 1) * d].reshape(d, heads, d // heads),
                 "bias": qkv_b[j * d:(j + 1) * d].reshape(heads, d // heads)}
             for j, k in enumerate(("query", "key", "value"))}
-    attn["out"] = {"kernel": get(pre + "attn.proj.weight").T.reshape(heads, d // heads, d),
-                   "bias": get(pre + "attn.proj.bias")}
+    attn["out"] = {"kernel": s[pre + "attn.proj.weight"].T.reshape(heads, d // heads, d),
+                   "bias": s[pre + "attn.proj.bias"]}
     t[f"encoderblock_{i}"] = {
         "MultiHeadDotProductAttention_0": attn,
-        "LayerNorm_0": {"scale": get(pre + "norm1.weight"), "bias": get(pre + "norm1.bias")},
-        "LayerNorm_1": {"scale": get(pre + "norm2.weight"), "bias": get(pre + "norm2.bias")},
-        "MlpBlock_0": {f"Dense_{j}": {"kernel": get(pre + f"mlp.{fc}.weight").T,
-                                      "bias": get(pre + f"mlp.{fc}.bias")}
-                       for j, fc in enumerate(("fc1", "fc2"))}}
-  t["encoder_norm"] = {"scale": get("norm.weight"), "bias": get("norm.bias")}
+        "LayerNorm_0": s.layer(pre + "norm1", "norm"),
+        "LayerNorm_1": s.layer(pre + "norm2", "norm"),
+        "MlpBlock_0": {"Dense_0": s.layer(pre + "mlp.fc1", "dense"),
+                       "Dense_1": s.layer(pre + "mlp.fc2", "dense")}}
+  t["encoder_norm"] = s.layer("norm", "norm")
   p["Transformer"] = t
   return p
