@@ -12,6 +12,7 @@ Expected top-1 (paper Table 3; not reproduced here, it needs accelerators):
 83.1% after 200 pretraining epochs (task=mixed), 83.5% after 800.
 
   configs/finetune_vit_b.py:pool=tok   the cls-token head instead of global pooling.
+  configs/finetune_vit_b.py:init=DIR,model=from_init   the checkpoint's backbone, any family.
 """
 from ebm_pretrain import recipes
 

@@ -12,6 +12,7 @@ Expected top-1 (paper Table 3; not reproduced here, it needs accelerators):
 85.6% after 800 pretraining epochs (task=mixed).
 
   configs/finetune_vit_l.py:pool=tok   the cls-token head instead of global pooling.
+  configs/finetune_vit_l.py:init=DIR,model=from_init   the checkpoint's backbone, any family.
 """
 from ebm_pretrain import recipes
 

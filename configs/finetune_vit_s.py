@@ -12,6 +12,7 @@ Expected top-1 (paper Table 3; not reproduced here, it needs accelerators):
 81.2% after 200 pretraining epochs (task=mixed), 81.8% after 800.
 
   configs/finetune_vit_s.py:pool=tok   the cls-token head instead of global pooling.
+  configs/finetune_vit_s.py:init=DIR,model=from_init   the checkpoint's backbone, any family.
 """
 from ebm_pretrain import recipes
 

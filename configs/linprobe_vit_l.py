@@ -5,6 +5,8 @@ backbone, BatchNorm without affine + linear head, LARS, batch 16384, 90 epochs.
       --config.init=PRETRAIN_WORKDIR --config.data.data_dir=DIR --workdir=LINPROBE_WORKDIR
 
 Use --config.grad_accum_steps=K to reach batch 16384 on small hosts.
+
+  configs/linprobe_vit_l.py:init=DIR,model=from_init   the checkpoint's backbone, any family.
 """
 from ebm_pretrain import recipes
 

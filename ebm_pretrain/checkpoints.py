@@ -441,7 +441,9 @@ def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   """``config`` with ``model`` filled in from the ``init`` checkpoint when the
   config leaves the backbone to it (``model.name == ""``): the checkpoint's
   architecture, made ready for fine-tuning by its family's ``finetune`` hook
-  (``models.register_backbone``). Entries set in ``config.model`` win."""
+  (``models.register_backbone``); for linear probing (``freeze_backbone``) as it
+  was trained, so that the probe reads the features pretraining read. Entries
+  set in ``config.model`` win."""
   if config.model.name != FROM_INIT:
     return config
   if not config.init:
@@ -454,7 +456,7 @@ def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
     trained = models.model_of_timm(t["architecture"], t["kwargs"])
   else:
     trained = read_config(find(config.init)).model.to_dict()
-  model = models.finetune_model(trained)
+  model = dict(trained) if config.freeze_backbone else models.finetune_model(trained)
   model.update({k: v for k, v in config.model.to_dict().items() if k != "name"})
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = ml_collections.ConfigDict(model)

@@ -187,11 +187,19 @@ def linprobe_defaults() -> ml_collections.ConfigDict:
 def vit_imagenet_downstream(arg: str | None, variant: str, epochs: int,
                             linprobe: bool = False) -> ml_collections.ConfigDict:
   """The finetune_vit_* / linprobe_vit_* configs; ``init`` names the pretraining
-  workdir (or pass --config.init=...); init= (empty) trains from scratch."""
+  workdir (or pass --config.init=...); init= (empty) trains from scratch.
+  ``model=from_init``: the checkpoint's backbone, any family (``finetune.py``'s
+  way: its ``finetune`` hook, or as trained for linear probing), the recipe
+  otherwise the same."""
   c = linprobe_defaults() if linprobe else finetune_defaults()
-  a = parse_arg(arg, variant=variant, init="", pool=c.model.pool)
+  a = parse_arg(arg, variant=variant, init="", pool=c.model.pool, model="")
+  if a.model not in ("", "from_init"):
+    raise ConfigError(f"model={a.model!r}: valid: from_init (the checkpoint's backbone), or "
+                      f"leave it out for ViT-{variant}")
   c.model.variant = a.variant
   c.model.pool = a.pool
+  if a.model == "from_init":
+    c.model = parse_model("")
   c.init = a.init
   if not linprobe:
     c.total_epochs = epochs

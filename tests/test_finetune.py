@@ -351,3 +351,20 @@ def test_ema_run_delivers_the_average(tmp_path):
   bad.ema_decay = 1.0
   with pytest.raises(errors.ConfigError, match="ema_decay"):
     validate.validate(bad, num_devices=1)
+
+
+def test_vit_recipes_take_any_familys_checkpoint_when_asked(tmp_path):
+  """finetune_vit_* / linprobe_vit_* with model=from_init: the checkpoint's
+  backbone (a ConvNeXt here) through the family's fine-tuning hook, or as it
+  was trained for a linear probe; the recipe otherwise unchanged."""
+  pre = str(tmp_path / "convnext")
+  train_inprocess("tiny:model=convnext,steps=1", pre, eval_examples=0)
+  for name in ("finetune_vit_b", "linprobe_vit_b"):
+    c = checkpoints.resolve_model(load_config(name, f"init={pre},model=from_init"))
+    assert (c.model.name, c.model.variant) == ("convnext", "mu")
+    plain = load_config(name)
+    assert (c.optim.name, c.optim.base_lr, c.batch_size) == (
+        plain.optim.name, plain.optim.base_lr, plain.batch_size)
+    assert c.model.drop_path == (0.0 if c.freeze_backbone else 0.1)
+  with pytest.raises(errors.ConfigError, match="model='swin'"):
+    load_config("finetune_vit_b", "model=swin")
