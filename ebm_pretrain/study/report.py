@@ -112,6 +112,14 @@ def claims_table(s: dict, evals: list[str], claims: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _top1_lines(s: dict, evals: list[str], methods: list[str]) -> list[str]:
+  lines = ["| method | " + " | ".join(evals) + " |", "| --- |" + " --- |" * len(evals)]
+  for m in methods:
+    lines.append(f"| {m} | " + " | ".join(_fmt(s[e][m]) if m in s[e] else "-" for e in evals)
+                 + " |")
+  return lines
+
+
 def report(out: str, readme: str | None = None) -> str:
   """Writes OUT/table.md, OUT/claims.md and the plots from OUT alone; returns the
   table. With ``readme``, also replaces that file's results and claims blocks
@@ -120,14 +128,17 @@ def report(out: str, readme: str | None = None) -> str:
   rows, grid = records(out), read_grid(out)
   s = summary(rows)
   evals = sorted(s)
+  # Evaluations restricted to some methods (a learning-rate search) get a table of their own.
+  searches = [e for e in evals if grid.get("evals", {}).get(e, {}).get("methods")]
+  main_evals = [e for e in evals if e not in searches]
   methods = sorted({m for ms in s.values() for m in ms})
   split = sorted({r["config"]["data"]["eval_split"] for r in rows
                   if r["cell"]["kind"] != "pretrain"})
-  lines = [f"Top-1 (%) on the `{', '.join(split)}` split: mean ± std over seeds.", "",
-           "| method | " + " | ".join(evals) + " |", "| --- |" + " --- |" * len(evals)]
-  for m in methods:
-    lines.append(f"| {m} | " + " | ".join(_fmt(s[e][m]) if m in s[e] else "-" for e in evals)
-                 + " |")
+  lines = [f"Top-1 (%) on the `{', '.join(split)}` split: mean ± std over seeds.", ""]
+  lines += _top1_lines(s, main_evals, methods)
+  if searches:
+    lines += ["", "Learning-rate search (the fine-tuning lr scaled; top-1 %):", ""]
+    lines += _top1_lines(s, searches, [m for m in methods if any(m in s[e] for e in searches)])
   top1_table = "\n".join(lines) + "\n"
   pre = sorted((r for r in rows if r["cell"]["kind"] == "pretrain"),
                key=lambda r: (r["cell"]["method"], r["seed"]))
@@ -138,7 +149,6 @@ def report(out: str, readme: str | None = None) -> str:
       lines.append(f"| {r['cell']['method']} | {r['config']['objective']} | "
                    f"{plots.inner_steps(r)} | {r['seed']} | {r['wall_s'] / 60:.1f} | "
                    f"{r['img_per_s'] or 0:.0f} | {r['metrics'].get('loss', float('nan')):.4f} |")
-  main_evals = [e for e in evals if not grid.get("evals", {}).get(e, {}).get("methods")]
   claims = claims_table(s, main_evals, grid.get("claims", []))
   if claims:
     lines += ["", "Claims (difference in top-1 points ± its standard error; the verdict rule "
