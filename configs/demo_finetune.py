@@ -17,15 +17,17 @@ The recipe is the paper's optimizer and regularisation (AdamW (0.9, 0.999), wd
 0.05, layer decay 0.75, drop path 0.1, label smoothing 0.1, warmup + cosine)
 without its data augmentation: at 28px with 600 labels and ~500 steps, RandAug
 + mixup/cutmix + random crops underfit (README, "Demo: fine-tuning").
-``:full_augment=True`` restores the Table A augmentation.
+``:full_augment=True`` restores the Table A augmentation. ``:linprobe=True``
+probes the frozen backbone instead (MAE's linear-probing recipe: BatchNorm +
+linear head, LARS; any family's checkpoint).
 """
 from ebm_pretrain import recipes
 
 
 def get_config(arg=None):
   a = recipes.parse_arg(arg, fraction=0.01, init="", model="vit", variant="", steps=0, epochs=0,
-                           full_augment=False)
-  c = recipes.finetune_defaults()
+                           full_augment=False, linprobe=False)
+  c = recipes.linprobe_defaults() if a.linprobe else recipes.finetune_defaults()
   c.init = a.init
   c.num_classes = 10
   c.model, size = recipes.small_finetune_model(a.init, a.model, recipes.DEMO_MODELS, a.variant)
@@ -42,8 +44,10 @@ def get_config(arg=None):
   c.total_epochs = a.epochs or (50 if a.fraction <= 0.02 else 8)
   if a.steps:
     c.total_steps = a.steps
-  c.optim.base_lr = 1e-3
-  c.optim.lr_base_batch = 64
+  if a.linprobe:  # MAE's LARS lr 0.1 x batch/256 on the frozen backbone
+    c.optim.update(base_lr=0.1, lr_base_batch=256)
+  else:
+    c.optim.update(base_lr=1e-3, lr_base_batch=64)
   c.optim.warmup_epochs = 0
   c.optim.warmup_steps = 50
   c.log_every = 50

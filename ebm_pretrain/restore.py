@@ -69,6 +69,7 @@ def main(argv: list[str]) -> int:
 
   from ebm_pretrain import pictures, pretrained
   from ebm_pretrain.errors import CheckpointError, ConfigError
+  from ebm_pretrain.objectives.restoration import EnergyObjective
   from PIL import Image
 
   def fail(msg: str) -> int:
@@ -81,6 +82,9 @@ def main(argv: list[str]) -> int:
     model = pretrained.load(a.init)
   except CheckpointError as e:
     return fail(str(e))
+  if not isinstance(model.objective, EnergyObjective):
+    return fail(f"{a.init} holds a {model.config.objective!r} model; restore needs a "
+                "pixel-restoration energy checkpoint (objective=energy)")
   good, bad = read_images(a.images, model.config.data.channels, a.limit)
   drawn = []
   for name, image in good:

@@ -1,7 +1,6 @@
 """Pictures a person can read: the grid (upscaled, a header naming the columns),
 sorting drawn as patches, and ``python -m ebm_pretrain.restore`` on a user's
 own folder of images, bad files included."""
-import os
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from ebm_pretrain import objectives, pictures, restore, sorting
-from helpers import load_config
+from helpers import load_config, train_inprocess
 
 
 def test_grid_scales_each_image_up_and_names_the_columns():
@@ -87,4 +86,7 @@ def test_restore_draws_a_folder_and_names_each_bad_file(tiny_pretrain, tmp_path,
   assert restore.main([f"--init={tmp_path / 'nothing'}", f"--images={folder}",
                        f"--output={out}"]) == 2
   assert capsys.readouterr().err.startswith("error: ")
-  assert os.path.exists(out)
+  ft = str(tmp_path / "ft")  # a classifier restores nothing
+  train_inprocess(f"tiny_finetune:init={tiny_pretrain},steps=1", ft, eval_examples=0)
+  assert restore.main([f"--init={ft}", f"--images={folder}", f"--output={out}"]) == 2
+  assert "holds a 'supervised' model; restore needs" in capsys.readouterr().err
