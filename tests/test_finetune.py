@@ -298,6 +298,9 @@ def test_finetune_configs_follow_the_paper():
   assert lp.mixup.mixup_alpha == lp.mixup.cutmix_alpha == 0 and lp.augment.randaug_ops == 0
   for name in ("demo_finetune", "tiny_finetune"):
     validate.validate(load_config(name), num_devices=1)
+  probe = load_config("demo_finetune", "linprobe=True")
+  validate.validate(probe, num_devices=1)
+  assert probe.freeze_backbone and probe.head_batchnorm and probe.optim.weight_decay == 0
 
 
 def test_scratch_configs_follow_maes_scratch_recipe():
