@@ -28,6 +28,19 @@ def label(name: str) -> str:
   return name.replace("_", " ")
 
 
+REFERENCE = ("original", "in_place")  # the columns drawn last: what the steps aim at
+
+
+def column_order(name: str) -> tuple:
+  """Sort key of a column: the start (corrupted, shuffled) first, then ``step_k``
+  by k, then the reference. A jitted function returns its dict with the keys
+  sorted alphabetically ("original" before "step_1"), so the order is restored
+  here rather than trusted."""
+  if name.startswith("step_") and name[5:].isdigit():
+    return (1, int(name[5:]), name)
+  return (2 if name in REFERENCE else 0, 0, name)
+
+
 def _font():
   try:
     return ImageFont.load_default(size=12)
@@ -36,9 +49,10 @@ def _font():
 
 
 def grid(columns: dict[str, np.ndarray], mean, std, min_size: int = MIN_SIZE) -> np.ndarray:
-  """Rows = examples, columns = ``columns`` (normalised float images [B, H, W, C],
-  in order) -> one uint8 [H', W', C] picture with a header row of the column
-  names."""
+  """Rows = examples, columns = ``columns`` (normalised float images [B, H, W, C];
+  in ``column_order``) -> one uint8 [H', W', C] picture with a header row of the
+  column names."""
+  columns = {k: columns[k] for k in sorted(columns, key=column_order)}
   cols = [upscale(np.asarray(normalization.to_pixels(v, mean, std)), min_size)
           for v in columns.values()]
   b, h, w, c = cols[0].shape

@@ -29,6 +29,19 @@ def test_grid_scales_each_image_up_and_names_the_columns():
     assert header.min() < 100 and np.median(header) == 255  # dark text on white
 
 
+def test_columns_come_in_restoration_order_whatever_the_dict_order():
+  """A jitted visualize returns its dict sorted by key: original before step_1."""
+  names = ["original", "step_10", "step_2", "corrupted", "step_1"]
+  assert sorted(names, key=pictures.column_order) == [
+      "corrupted", "step_1", "step_2", "step_10", "original"]
+  assert sorted(["in_place", "step_1", "shuffled"], key=pictures.column_order) == [
+      "shuffled", "step_1", "in_place"]
+  cols = {"original": np.ones((1, 8, 8, 1)), "corrupted": np.zeros((1, 8, 8, 1))}
+  g = pictures.grid(cols, mean=(0.0,), std=(1.0,))
+  top = pictures.HEADER + pictures.PAD
+  assert g[top + 10, 10, 0] == 0 and g[top + 10, 96 + 3 * pictures.PAD + 10, 0] == 255
+
+
 def test_place_patches_puts_each_kept_patch_where_told():
   tiles = jnp.arange(4, dtype=jnp.float32) + 1.0                  # a 2x2 grid of 2px patches
   image = jnp.kron(tiles.reshape(2, 2), jnp.ones((2, 2)))[None, :, :, None]
