@@ -167,9 +167,13 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, *, resuming_at
   When resuming (``resuming_at`` = the checkpoint's step),
   a config that differs from the saved one is refused, listing every differing
   key, unless ``config.allow_config_change``; then the change is recorded in
-  config_changes.jsonl and the new config saved."""
+  config_changes.jsonl and the new config saved. Checkpoints without a saved
+  config (it was deleted) resume with a warning: nothing to check against."""
   p = fs.path(workdir) / CONFIG_FILE
   new = as_json(config)
+  if resuming_at is not None and not p.exists() and write:
+    log(f"Warning: {workdir} holds checkpoints (step {resuming_at}) but no {CONFIG_FILE}: "
+        "this config cannot be checked against the one they were made with; it is saved now.")
   if resuming_at is not None and p.exists():
     saved = json.loads(p.read_text())
     tasks.upgrade(saved)  # a run begun before config.objective named every objective

@@ -217,6 +217,11 @@ def test_resume_with_a_changed_config_is_refused_unless_allowed(tmp_path, capsys
   record = json.loads(open(os.path.join(wd, workdir_lib.CONFIG_CHANGES_FILE)).read())
   assert record["step"] == 4 and record["changes"]["optim.base_lr"] == [0.001, 1000.0]
   assert json.load(open(os.path.join(wd, "config.json")))["optim"]["base_lr"] == 1000.0
+  os.remove(os.path.join(wd, "config.json"))  # checkpoints whose config is gone: say so
+  capsys.readouterr()
+  train.train_and_evaluate(changed, wd, **ONE_DEVICE)
+  assert "holds checkpoints (step 4) but no config.json" in capsys.readouterr().out
+  assert os.path.exists(os.path.join(wd, "config.json"))
 
 
 # ----------------------------------------------------------------------------
