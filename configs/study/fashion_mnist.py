@@ -29,12 +29,16 @@ def get_config(arg=None):
   g.finetune_config = "configs/demo_finetune.py"
   g.scratch_task = "mixed"
   g.methods = ml_collections.ConfigDict(dict(
-      pixels=study_grid.PIXELS, scratch="", mask_grid="mask_grid7", mask_random="mask_random_large", sr="sr4",
-      denoise="denoise", mixed="mixed", mixed_n1="mixed", mixed_n3="mixed", sorting="sorting",
+      pixels=study_grid.PIXELS, scratch="", mask_grid="mask_grid7",
+      mask_random="mask_random_large", sr="sr4",
+      denoise="denoise", mixed="mixed", mixed_n1="mixed", mixed_n3="mixed",
+      mixed_ep1="mixed", mixed_ep6="mixed", sorting="sorting",
       contrastive="contrastive_mixed", ae_sr="ae_sr4", ae_denoise="ae_denoise",
       ae_sorting="ae_sorting", mae="mae"))
+  # N, and the pretraining length: does it still move the result past a.epochs?
   g.method_overrides = ml_collections.ConfigDict(dict(
-      mixed_n1=dict(inner_steps=1), mixed_n3=dict(inner_steps=3)))
+      mixed_n1=dict(inner_steps=1), mixed_n3=dict(inner_steps=3),
+      mixed_ep1=dict(total_epochs=1), mixed_ep6=dict(total_epochs=6)))
   three = [0, 1, 2]
   g.seeds = ml_collections.ConfigDict(dict(default=[0], scratch=three, mixed=three,
                                            sorting=three, mae=three))
