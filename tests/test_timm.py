@@ -59,6 +59,11 @@ def test_features_equal_timms_and_round_trip(model, size):
   back = mapping.from_timm(state, model)
   assert jax.tree.structure(back) == jax.tree.structure(params)
   jax.tree.map(np.testing.assert_array_equal, back, params)
+  if model.get("posemb", "learn") == "learn":  # import: a timm model with timm's own init
+    native = timm.create_model(name, pretrained=False, **kwargs).eval()
+    imported = mapping.from_timm({k: v.numpy() for k, v in native.state_dict().items()}, model)
+    np.testing.assert_allclose(np.asarray(net.apply({"params": imported}, x)),
+                               _torch_forward(native, x), atol=1e-4, rtol=0)
   expected = {"name": model["name"], "variant": model["variant"]}
   if model["name"] == "vit":  # a timm ViT's own embeddings are learned, whatever ours were
     expected.update(pool=model["pool"], posemb="learn")
