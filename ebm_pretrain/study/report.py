@@ -144,12 +144,14 @@ def report(out: str, readme: str | None = None) -> str:
                key=lambda r: (r["cell"]["method"], r["seed"]))
   if pre:
     lines += ["", "| pretraining | objective | N | epochs | seed | wall (min) | img/s "
-              "| final loss |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+              "| time at that speed (min) | final loss |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in pre:
       lines.append(f"| {r['cell']['method']} | {r['config']['objective']} | "
                    f"{plots.inner_steps(r)} | {r['config']['total_epochs']:g} | {r['seed']} | "
                    f"{r['wall_s'] / 60:.1f} | "
-                   f"{r['img_per_s'] or 0:.0f} | {r['metrics'].get('loss', float('nan')):.4f} |")
+                   f"{r['img_per_s'] or 0:.0f} | {plots.pretraining_minutes(r):.1f} | "
+                   f"{r['metrics'].get('loss', float('nan')):.4f} |")
   claims = claims_table(s, main_evals, grid.get("claims", []))
   if claims:
     lines += ["", "Claims (difference in top-1 points ± its standard error; the verdict rule "

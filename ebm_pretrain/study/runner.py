@@ -27,10 +27,14 @@ def _commit() -> str:
     return "unknown"
 
 
-def _img_per_s(workdir: str) -> float | None:
+def speed(workdir: str, batch_size: int) -> dict:
+  """``img_per_s``: the median over a run's log intervals (the first includes
+  compiling), which a pause or a busy neighbour barely moves; ``train_images``:
+  the images its steps saw. Their ratio is the run's time at its own speed."""
   rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  speeds = [r["img_per_s"] for r in rows if "img_per_s" in r][1:]  # the first includes compiling
-  return float(np.median(speeds)) if speeds else None
+  speeds = [r["img_per_s"] for r in rows if "img_per_s" in r][1:]
+  return dict(img_per_s=float(np.median(speeds)) if speeds else None,
+              train_images=max((r["step"] for r in rows), default=0) * batch_size)
 
 
 class Runner:
@@ -59,7 +63,8 @@ class Runner:
       config, workdir = self._pretrain_config(cell.method, cell.seed), self.pretrain_dir(
           cell.method, cell.seed)
       _, metrics = train.train_and_evaluate(config, workdir)
-      return dict(config=config.to_dict(), metrics=metrics, img_per_s=_img_per_s(workdir))
+      return dict(config=config.to_dict(), metrics=metrics,
+                  **speed(workdir, config.batch_size))
     e = g.evals[cell.eval]
     pretrained_method = g.methods[cell.method] not in ("", PIXELS)
     pre = self.pretrain_dir(cell.method, cell.seed) if pretrained_method else ""
@@ -71,7 +76,8 @@ class Runner:
       config.seed = cell.seed
       workdir = os.path.join(self.runs, f"{cell.eval}_{cell.method}_s{cell.seed}")
       _, metrics = train.train_and_evaluate(config, workdir)
-      return dict(config=config.to_dict(), metrics=metrics, img_per_s=_img_per_s(workdir))
+      return dict(config=config.to_dict(), metrics=metrics,
+                  **speed(workdir, config.batch_size))
     return self._feature_eval(cell, e, pre)
 
   def _feature_eval(self, cell: Cell, e, pre: str) -> dict:
