@@ -13,7 +13,7 @@ import safetensors.torch
 import timm
 import torch
 
-from ebm_pretrain import export, models, pretrained
+from ebm_pretrain import errors, export, models, pretrained
 from ebm_pretrain.models import vit_timm
 from helpers import assert_trees_close, train_inprocess
 
@@ -119,6 +119,21 @@ def test_import_of_an_export_starts_from_the_same_backbone(tiny_pretrain, tmp_pa
                              **{"optim.base_lr": 0.0})
   assert_trees_close(state["params"]["model"]["backbone"],
                      pretrained.load(tiny_pretrain).params["model"]["backbone"], rtol=0, atol=1e-7)
+
+
+def test_import_interpolates_position_embeddings_and_lists_mismatches(tiny_pretrain, tmp_path,
+                                                                      capsys):
+  out = str(tmp_path / "export")
+  assert export.main([f"--init={tiny_pretrain}", f"--output={out}"]) == 0
+  file = os.path.join(out, "model.safetensors")
+  capsys.readouterr()
+  train_inprocess(f"tiny_finetune:init={file},steps=1", str(tmp_path / "big"), eval_examples=0,
+                  **{"data.image_size": 32})  # a 4x4 grid of patches becomes 8x8
+  assert "Interpolating pos_embedding from 16 to 64 positions" in capsys.readouterr().out
+  with pytest.raises(errors.CheckpointError, match="(?s)model.safetensors: .*shape mismatches"
+                     ".*encoderblock_0/LayerNorm_0/scale: checkpoint \\(32,\\), model \\(192,\\)"):
+    train_inprocess("tiny:steps=1", str(tmp_path / "wide"), init=file,
+                    **{"model.variant": "Ti/4"})
 
 
 def test_import_of_timms_own_vit_with_a_cls_position_slot(tmp_path):

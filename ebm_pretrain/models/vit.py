@@ -120,7 +120,7 @@ def load(target: dict, loaded: dict, model: dict, log=print) -> dict:
   try:
     return loading.match(target, loaded, unused_ok=("cls",), fresh_ok=fresh, adapt=adapt, log=log)
   except CheckpointError as e:
-    if "pos_embedding" in str(e) and not fresh:
+    if "pos_embedding" in target and "pos_embedding" not in loaded and not fresh:
       raise CheckpointError(f"{e}\n(a checkpoint pretrained with fixed sin-cos position "
                               "embeddings has no pos_embedding: fine-tune with "
                               "--config.model.posemb=sincos2d_learn)") from None

@@ -93,12 +93,16 @@ def from_timm(sd: dict[str, np.ndarray], model: dict) -> dict:
   cls slot, ``no_embed_class=False``, has that slot added to the cls token).
   The cls token comes when the state has one (a global-pool model drops it when
   loading). CheckpointError names what is missing."""
-  cfg = decode_variant(model["variant"])
-  d, heads = cfg["width"], cfg["num_heads"]
   if "fc_norm.weight" in sd:
     raise CheckpointError("the timm model normalises after pooling (fc_norm); ours "
                           "normalises the tokens before it: not the same network")
   s = layout.State(sd, f"ViT {model['variant']}")
+  # The state's own width and depth, so that another size loads as a list of
+  # mismatched paths (models.load_backbone), not a reshape error.
+  d = s["patch_embed.proj.weight"].shape[0]
+  depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+  heads = decode_variant(model["variant"])["num_heads"]
+  heads = heads if d % heads == 0 else 1
   p = {"embedding": s.layer("patch_embed.proj", "conv")}
   pos = s["pos_embed"] if "pos_embed" in s else None
   if "cls_token" in s:
@@ -109,7 +113,7 @@ def from_timm(sd: dict[str, np.ndarray], model: dict) -> dict:
   if model.get("posemb", "learn") not in ("sincos2d", "none"):
     p["pos_embedding"] = s["pos_embed"] if pos is None else pos
   t = {}
-  for i in range(cfg["depth"]):
+  for i in range(depth):
     pre = f"blocks.{i}."
     qkv_w, qkv_b = s[pre + "attn.qkv.weight"].T, s[pre + "attn.qkv.bias"]
     attn = {k: {"kernel": qkv_w[:, j * d:(j + 1) * d].reshape(d, heads, d // heads),
