@@ -453,7 +453,10 @@ def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
         "scratch (e.g. --config.model.name=vit --config.model.variant=S/16)")
   if is_timm_file(config.init):
     t = read_timm_config(config.init)
-    trained = models.model_of_timm(t["architecture"], t["kwargs"])
+    try:
+      trained = models.model_of_timm(t["architecture"], t["kwargs"])
+    except (ValueError, KeyError) as e:
+      raise CheckpointError(f"{config.init}: {e}") from None
   else:
     trained = read_config(find(config.init)).model.to_dict()
   model = dict(trained) if config.freeze_backbone else models.finetune_model(trained)
