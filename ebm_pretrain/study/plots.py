@@ -51,8 +51,13 @@ def _mean_err(values: list[float]) -> tuple[float, float]:
                                         if len(values) > 1 else 0.0)
 
 
+BASELINES = ("scratch", "pixels")  # drawn grey: what the pretrainings are measured against
+
+
 def top1(s: dict, evals: list[str], methods: list[str], path: str) -> None:
-  """Top-1 per method with the seed spread as error bars, one panel per evaluation."""
+  """Top-1 per method with the seed spread as error bars and the value on each
+  bar, one panel per evaluation; the axis spans the values (a few points apart),
+  not 0-100."""
   if not evals:
     return _nothing(path)
   plt = _pyplot()
@@ -60,7 +65,13 @@ def top1(s: dict, evals: list[str], methods: list[str], path: str) -> None:
   for ax, e in zip(axes, evals):
     ms = [m for m in methods if m in s[e]]
     means, errs = zip(*[_mean_err(s[e][m]) for m in ms])
-    ax.bar(range(len(ms)), means, yerr=errs, capsize=3, color="tab:blue")
+    colors = ["tab:gray" if m in BASELINES else "tab:blue" for m in ms]
+    ax.bar(range(len(ms)), means, yerr=errs, capsize=3, color=colors)
+    for i, (v, d) in enumerate(zip(means, errs)):
+      ax.annotate(f"{v:.1f}", (i, v + d), xytext=(0, 2), textcoords="offset points",
+                  ha="center", fontsize=6)
+    low = min(m - d for m, d in zip(means, errs))
+    ax.set_ylim(max(0.0, np.floor(low) - 3), min(100.0, max(means) + max(errs) + 3))
     ax.set_xticks(range(len(ms)), ms, rotation=60, ha="right", fontsize=8)
     ax.set_title(e)
     ax.set_ylabel("top-1 (%)")
