@@ -8,13 +8,20 @@ time, XLA's memory analysis and peak RSS, XLA's FLOPs and the FLOP/s achieved, a
 matmul (the roofline) measured in the same run, plus the input pipeline's own
 img/s. Prints a table and writes JSON (``--output``). Each ``--variant`` (config
 overrides) adds an energy step timed in the same run, with its time and memory
-relative to the default's: how README's "what each choice bought" is measured.
+relative to the default's: how README's "what each choice bought" is measured;
+a variant may change the image size or the batch (its own random batch), so
+``--variant=inner_steps=1 --variant=inner_steps=4`` and ``data.image_size=112``
+sweep the cost. ``--reference=torch`` adds the same two training steps written
+the straightforward PyTorch way (``ebm_pretrain/torch_reference.py``, the
+paper's Listing 1), timed in the same rounds, and reports our speed over its.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from typing import Any, Callable
@@ -34,6 +41,9 @@ _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 20, "Batches timed 
 _VARIANTS = flags.DEFINE_multi_string(
     "variant", [], "Config overrides 'KEY=VALUE[,KEY=VALUE]' (e.g. 'stepwise_grads=False'): "
     "an extra energy step timed in the same run and compared with the default one.")
+_REFERENCE = flags.DEFINE_enum(
+    "reference", "none", ["none", "torch"], "Also time the PyTorch reference steps "
+    "(ebm_pretrain/torch_reference.py) in the same rounds; needs torch installed.")
 flags.mark_flags_as_required(["config"])
 
 FIELDS = ("step_s", "img_per_s", "compile_s", "flops", "flops_per_s", "roofline_fraction",
@@ -102,12 +112,70 @@ def roofline(n: int, dtype, reps: int = 10) -> float:
   return 2 * n ** 3 / min(_seconds(lambda: f(a, b)) for _ in range(reps))
 
 
-def measure_steps(config, steps: int, matmul_size: int,
-                  variants: dict | None = None) -> dict[str, dict[str, float]]:
-  """Times the three steps; ``variants`` ({name: config}) add energy steps."""
-  import jax
+class TorchReference:
+  """The PyTorch reference's steps in a worker process (``ebm_pretrain/torch_reference.py``:
+  why a separate process is said there): ``steps`` maps each step's name to a
+  call that runs it once in the worker and waits for it."""
+
+  def __init__(self, config):
+    check_torch_reference(config)
+    spec = {"model": {"name": config.model.name, "variant": config.model.variant,
+                      "pool": config.model.get("pool", "tok")},
+            "data": {k: config.data[k] for k in ("image_size", "channels", "mean", "std")},
+            "optim": {k: config.optim.get(k) for k in ("base_lr", "b2", "weight_decay")},
+            "alpha": {"init": config.alpha.init},
+            **{k: config[k] for k in ("batch_size", "dtype", "inner_steps", "loss")}}
+    self.proc = subprocess.Popen([sys.executable, "-m", "ebm_pretrain.torch_reference"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ready = self._ask(json.dumps(spec))
+    self.first_call_s, self.info = ready["ready"], {k: ready[k] for k in ("torch", "threads")}
+    self.steps = {name: (lambda name=name: self._ask(name)["loss"]) for name in self.first_call_s}
+
+  def _ask(self, line: str) -> dict:
+    self.proc.stdin.write(line + "\n")
+    self.proc.stdin.flush()
+    answer = self.proc.stdout.readline()
+    if not answer:
+      raise RuntimeError(f"the PyTorch reference worker exited (code {self.proc.wait()}); "
+                         "its error is above")
+    return json.loads(answer)
+
+  def close(self) -> None:
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def check_torch_reference(config) -> None:
+  """ConfigError naming what the PyTorch reference cannot take."""
+  from ebm_pretrain.errors import ConfigError, fail
+  if importlib.util.find_spec("torch") is None:
+    raise ConfigError("--reference=torch needs PyTorch: pip install -e '.[reference]'")
+  if config.model.name != "vit":
+    fail("model.name", f"the PyTorch reference is a ViT; got {config.model.name!r}")
+  if config.dtype not in ("float32", "bfloat16"):
+    fail("dtype", f"the PyTorch reference runs float32 or bfloat16; got {config.dtype!r}")
+  if config.objective != "energy":
+    fail("objective", f"the PyTorch reference is the energy objective; got {config.objective!r}")
+
+
+def _random_batch(config):
   import jax.numpy as jnp
   import numpy as np
+  d, b = config.data, config.batch_size
+  rng = np.random.default_rng(0)
+  return {"image": jnp.asarray(rng.integers(0, 256, (b, d.image_size, d.image_size, d.channels),
+                                            dtype=np.uint8)),
+          "label": jnp.asarray(rng.integers(0, 1000, (b,)), jnp.int32),
+          "valid": jnp.ones((b,), bool)}
+
+
+def measure_steps(config, steps: int, matmul_size: int, variants: dict | None = None,
+                  reference: str = "none") -> dict[str, dict[str, float]]:
+  """Times the three steps; ``variants`` ({name: config}) add energy steps,
+  ``reference="torch"`` the PyTorch reference's energy and supervised steps
+  (``torch_energy_step``, ``torch_supervised_step``)."""
+  import jax
+  import jax.numpy as jnp
   from ebm_pretrain import objectives, optim, recipes, train
   from ebm_pretrain.data import normalization
 
@@ -115,33 +183,32 @@ def measure_steps(config, steps: int, matmul_size: int,
   peak = roofline(matmul_size, dtype)  # before and after the steps: the better of the two
 
   d = config.data
-  b = config.batch_size
-  rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.integers(0, 256, (b, d.image_size, d.image_size, d.channels),
-                                             dtype=np.uint8)),
-           "label": jnp.asarray(rng.integers(0, 1000, (b,)), jnp.int32),
-           "valid": jnp.ones((b,), bool)}
+  batch = _random_batch(config)
   dummy = jnp.zeros((1, d.image_size, d.image_size, d.channels), jnp.float32)
   schedule = lambda step: config.optim.base_lr
-  results, calls = {}, {}
+  results, calls, batch_sizes = {}, {}, {}
 
-  def prepare(name: str, fn: Callable[[], Any], compile_s: float, flops: float, mem) -> None:
+  def prepare(name: str, fn: Callable[[], Any], compile_s: float, flops: float | None, mem,
+              batch_size: int = config.batch_size) -> None:
     """Records the compiled step's figures and runs it once (warm-up; the RSS
     peak then includes its first run), to be timed later with the others."""
     jax.block_until_ready(fn())
     results[name] = dict(compile_s=compile_s, flops=flops,
                          xla_memory_mib=mem / 2 ** 20 if mem is not None else None,
                          rss_peak_mib=_rss_mib())
-    calls[name] = fn
+    calls[name], batch_sizes[name] = fn, batch_size
 
   def prepare_objective(name: str, objective) -> None:
+    c = objective.config
+    batch = _random_batch(c)
+    dummy = jnp.zeros((1, c.data.image_size, c.data.image_size, c.data.channels), jnp.float32)
     params = objective.init(jax.random.PRNGKey(0), dummy)
     tx = optim.make_optimizer(objective.config, params, objective, schedule)
     state = {"params": params,
              "model_state": objective.init_model_state(jax.random.PRNGKey(0), dummy),
              "opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
              "rng": jax.random.PRNGKey(1)}
-    step_fn = jax.jit(train.make_train_step(objective, tx, schedule, d.mean, d.std),
+    step_fn = jax.jit(train.make_train_step(objective, tx, schedule, c.data.mean, c.data.std),
                       donate_argnums=(0,))
     compiled, compile_s, flops, mem = _compiled(step_fn, state, batch)
     holder = {"state": state}
@@ -149,7 +216,7 @@ def measure_steps(config, steps: int, matmul_size: int,
     def one():
       holder["state"], m = compiled(holder["state"], batch)
       return m["loss"]
-    prepare(name, one, compile_s, flops, mem)
+    prepare(name, one, compile_s, flops, mem, c.batch_size)
 
   # In order of growing memory, so that each RSS peak is mostly the step's own.
   # Forward: the energy model's forward pass (backbone + linear head).
@@ -170,17 +237,26 @@ def measure_steps(config, steps: int, matmul_size: int,
   prepare_objective("energy_step", energy_obj)
   for spec, variant in (variants or {}).items():
     prepare_objective(f"energy_step[{spec}]", objectives.get(variant))
+  torch_ref = TorchReference(config) if reference == "torch" else None
+  if torch_ref:
+    for name, fn in torch_ref.steps.items():
+      # PyTorch has no compile step: "compile" is its first call. Its FLOPs are
+      # taken as XLA's count of the same step; no XLA memory, and the RSS is ours.
+      prepare(f"torch_{name}", fn, torch_ref.first_call_s[name], results[name]["flops"], None)
+      results[f"torch_{name}"].update(torch_ref.info, rss_peak_mib=None)
 
   for name, step_s in _time_interleaved(calls, steps).items():
     results[name]["step_s"] = step_s
+  if torch_ref:
+    torch_ref.close()
   for spec in variants or {}:
     for field in ("step_s", "xla_memory_mib"):
       base, this = results["energy_step"][field], results[f"energy_step[{spec}]"][field]
       results[f"energy_step[{spec}]"][f"{field}_over_default"] = this / base if base else None
 
   peak = max(peak, roofline(matmul_size, dtype))
-  for r in results.values():
-    r["img_per_s"] = b / r["step_s"]
+  for name, r in results.items():
+    r["img_per_s"] = batch_sizes[name] / r["step_s"]
     r["flops_per_s"] = r["flops"] / r["step_s"] if r["flops"] else None
     r["roofline_fraction"] = r["flops_per_s"] / peak if r["flops"] else None
   results["roofline"] = {"matmul_size": matmul_size, "dtype": config.dtype, "flops_per_s": peak}
@@ -218,6 +294,15 @@ def report(config, results: dict, pipe: dict) -> dict:
       "pipeline_over_energy_speed": (pipe["img_per_s"] / e["img_per_s"]
                                      if pipe.get("img_per_s") else None),
   }
+  if "torch_energy_step" in results:  # speed ratios: > 1 means ours is faster
+    te, ts = results["torch_energy_step"], results["torch_supervised_step"]
+    summary.update({
+        "energy_speed_over_torch": te["step_s"] / e["step_s"],
+        "supervised_speed_over_torch": ts["step_s"] / s["step_s"],
+        "torch_energy_over_supervised_time": te["step_s"] / ts["step_s"],
+    })
+  if e["flops"] and s["flops"]:
+    summary["energy_over_supervised_flops"] = e["flops"] / s["flops"]
   return {
       "config": {"model": f"{config.model.name} {config.model.variant}",
                  "image_size": config.data.image_size, "batch_size": config.batch_size,
@@ -240,7 +325,7 @@ def print_table(rep: dict) -> None:
                  *((f"{r['flops'] / 1e9:.1f}", f"{r['flops_per_s'] / 1e9:.1f}",
                     f"{100 * r['roofline_fraction']:.0f}") if r["flops"] else ("?",) * 3),
                  f"{r['xla_memory_mib']:.0f}" if r["xla_memory_mib"] is not None else "?",
-                 f"{r['rss_peak_mib']:.0f}",
+                 f"{r['rss_peak_mib']:.0f}" if r["rss_peak_mib"] is not None else "?",
                  f"{ratio(r, 'step_s_over_default')}, {ratio(r, 'xla_memory_mib_over_default')}"
                  if "step_s_over_default" in r else ""))
   widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -265,10 +350,12 @@ def main(argv):
     variants = {spec: recipes.override(config, spec) for spec in _VARIANTS.value}
     for variant in variants.values():
       validate.validate(variant, num_devices=1)
+    if _REFERENCE.value == "torch":
+      check_torch_reference(config)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  results = measure_steps(config, _STEPS.value, _MATMUL.value, variants)
+  results = measure_steps(config, _STEPS.value, _MATMUL.value, variants, _REFERENCE.value)
   pipe = measure_pipeline(_PIPELINE_CONFIG.value or config, _PIPELINE_BATCHES.value)
   rep = report(config, results, pipe)
   print_table(rep)

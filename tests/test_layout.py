@@ -55,3 +55,16 @@ def test_configs_written_against_config_lib_still_work():
   from ebm_pretrain import config_lib, recipes, validate
   assert config_lib.pretrain_defaults().to_dict() == recipes.pretrain_defaults().to_dict()
   assert config_lib.validate is validate.validate and config_lib.set_task is recipes.set_task
+
+
+def test_only_the_benchmark_reference_imports_torch():
+  """torch is an optional extra: the package works without it, and the
+  benchmark's reference runs it in a worker process of its own."""
+  importers = set()
+  for dirpath, _, files in os.walk(os.path.join(ROOT, "ebm_pretrain")):
+    for f in files:
+      if f.endswith(".py"):
+        path = os.path.join(dirpath, f)
+        if any(m.split(".")[0] in ("torch", "timm", "torchvision") for m, _ in _imports(path)):
+          importers.add(os.path.relpath(path, ROOT))
+  assert importers == {os.path.join("ebm_pretrain", "torch_reference.py")}
