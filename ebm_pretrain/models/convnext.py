@@ -124,7 +124,8 @@ class Stage(nn.Module):
 
 
 class ConvNeXt(nn.Module):
-  """ConvNeXt feature extractor: images [B, H, W, C] -> features [B, dims[-1]]."""
+  """ConvNeXt feature extractor: images [B, H, W, C] -> features [B, dims[-1]];
+  ``pyramid=True``: each stage's output map [B, H/s, W/s, dims[i]], finest first."""
   variant: str = "T"
   drop_path: float = 0.0
   layer_scale_init: float = 1e-6
@@ -132,15 +133,19 @@ class ConvNeXt(nn.Module):
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, images, *, train: bool = False, pyramid: bool = False):
     cfg = decode_variant(self.variant)
     check_images("ConvNeXt", self.variant, images, total_stride(self.variant))
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = images.astype(self.dtype)
     rates = drop_path_rates(self.drop_path, cfg["depths"])
+    levels = []
     for s, dim in enumerate(cfg["dims"]):
       x = Downsample(dim, cfg["stem"] if s == 0 else 2, s == 0, name=f"downsample_layers_{s}",
                      **kw)(x)
       x = Stage(tuple(rates[s]), self.layer_scale_init, name=f"stages_{s}", **kw)(x, not train)
+      levels.append(x)
+    if pyramid:
+      return levels
     x = jnp.mean(x, axis=(1, 2))
     return nn.LayerNorm(epsilon=1e-6, name="norm", **kw)(x)

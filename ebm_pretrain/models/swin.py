@@ -209,7 +209,8 @@ class SwinStage(nn.Module):
     for j in range(self.depth):
       x = SwinBlock(self.num_heads, window, shift if j % 2 else 0, self.rates[j],
                     name=f"blocks_{j}", **kw)(x, deterministic)
-    return PatchMerging(name="downsample", **kw)(x) if self.downsample else x
+    # (the stage's output: a pyramid level; the next stage's input)
+    return x, PatchMerging(name="downsample", **kw)(x) if self.downsample else x
 
 
 def check_images(variant: str, images) -> None:
@@ -230,14 +231,16 @@ def check_images(variant: str, images) -> None:
 
 
 class Swin(nn.Module):
-  """Swin feature extractor: images [B, H, W, C] -> features [B, embed_dim * 2^(S-1)]."""
+  """Swin feature extractor: images [B, H, W, C] -> features [B, embed_dim * 2^(S-1)];
+  ``pyramid=True``: each stage's output map [B, H/s, W/s, C_s] (before its patch
+  merging, as mmsegmentation's Swin gives them to UperNet), finest first."""
   variant: str = "T"
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, images, *, train: bool = False, pyramid: bool = False):
     cfg = decode_variant(self.variant)
     check_images(self.variant, images)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -247,8 +250,12 @@ class Swin(nn.Module):
     x = nn.LayerNorm(epsilon=1e-5, name="patch_embed_norm", **kw)(x)
     depths = cfg["depths"]
     rates = drop_path_rates(self.drop_path, depths)
+    levels = []
     for s, (depth, heads) in enumerate(zip(depths, cfg["num_heads"])):
-      x = SwinStage(depth, heads, cfg["window"], tuple(rates[s]), s < len(depths) - 1,
-                    name=f"layers_{s}", **kw)(x, not train)
+      level, x = SwinStage(depth, heads, cfg["window"], tuple(rates[s]), s < len(depths) - 1,
+                           name=f"layers_{s}", **kw)(x, not train)
+      levels.append(level)
+    if pyramid:
+      return levels
     x = nn.LayerNorm(epsilon=1e-5, name="norm", **kw)(x)
     return jnp.mean(x, axis=(1, 2))

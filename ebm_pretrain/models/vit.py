@@ -127,6 +127,13 @@ def load(target: dict, loaded: dict, model: dict, log=print) -> dict:
     raise
 
 
+def pyramid_blocks(depth: int) -> tuple[int, ...]:
+  """The four blocks (0-based) whose outputs feed segmentation: at a third, half,
+  two thirds and the end of the depth (ViT-B: 3, 5, 7, 11; ViT-L: 7, 11, 15, 23,
+  BEiT's and MAE's ``out_indices``)."""
+  return tuple(max(round(depth * f) - 1, 0) for f in (1 / 3, 1 / 2, 2 / 3, 1))
+
+
 def layer_id(path: str, variant: str) -> tuple[int, int]:
   """(layer index, number of layers) of a ViT parameter, for layer-wise lr decay
   (BEiT / MAE ``param_groups_lrd``): the patch embedding, cls token and position
@@ -197,19 +204,23 @@ class Encoder(nn.Module):
   remat: str = "none"
 
   @nn.compact
-  def __call__(self, x, deterministic: bool = True):
+  def __call__(self, x, deterministic: bool = True, keep_blocks: tuple[int, ...] = ()):
+    """The final normed tokens, or with ``keep_blocks`` also the outputs of those
+    blocks (un-normed, as BEiT / MAE take them for segmentation)."""
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"unknown remat policy {self.remat!r}; valid: {', '.join(REMAT_POLICIES)}")
     block = Encoder1DBlock
     if self.remat != "none":
       block = nn.remat(Encoder1DBlock, policy=REMAT_POLICIES[self.remat], static_argnums=(2,))
+    kept = []
     for i in range(self.depth):
       # Linearly increasing drop-path rate with depth, as in DeiT / MAE.
       rate = self.drop_path * i / max(self.depth - 1, 1)
       x = block(self.mlp_dim, self.num_heads, rate, self.dtype,
                 self.param_dtype, name=f"encoderblock_{i}")(x, deterministic)
-    return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype,
-                        name="encoder_norm")(x)
+      kept += [x] * keep_blocks.count(i)
+    x = nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="encoder_norm")(x)
+    return (x, kept) if keep_blocks else x
 
 
 class ViT(nn.Module):
@@ -262,13 +273,16 @@ class ViT(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False, posemb=None, keep=None,
-               tokens: bool = False):
+               tokens: bool = False, pyramid: bool = False):
     """``posemb`` [B, K, width], if given, replaces the position embeddings of the
     patch tokens (patch sorting feeds the shuffled ones as the energy's input);
     ``keep`` [B, K] int keeps only those patch tokens (patch dropout, MAE's
     visible patches), and then ``posemb`` holds the kept tokens' embeddings, in
     ``keep``'s order. ``tokens=True`` returns the patch tokens [B, K, width]
-    after ``encoder_norm`` instead of the pooled features (autoencoders)."""
+    after ``encoder_norm`` instead of the pooled features (autoencoders).
+    ``pyramid=True`` returns the patch-token maps [B, H/p, W/p, width] of four
+    evenly spaced blocks (:func:`pyramid_blocks`: 3, 5, 7, 11 of ViT-B's 12, as
+    BEiT and MAE segment), for a segmentation neck to rescale."""
     cfg = decode_variant(self.variant)
     if images.ndim != 4:
       raise ValueError(f"ViT expects images [B, H, W, C], got shape {images.shape}")
@@ -290,8 +304,15 @@ class ViT(nn.Module):
     if self.pool == "tok":
       cls = self.param("cls", nn.initializers.zeros, (1, 1, width), self.param_dtype)
       x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (x.shape[0], 1, 1)), x], axis=1)
-    x = Encoder(cfg["depth"], cfg["mlp_dim"], cfg["num_heads"], self.drop_path,
-                self.dtype, self.param_dtype, self.remat, name="Transformer")(x, not train)
+    encoder = Encoder(cfg["depth"], cfg["mlp_dim"], cfg["num_heads"], self.drop_path,
+                      self.dtype, self.param_dtype, self.remat, name="Transformer")
+    if pyramid:
+      if keep is not None:
+        raise ValueError("pyramid=True needs every patch token (keep=None)")
+      _, kept = encoder(x, not train, pyramid_blocks(cfg["depth"]))
+      first = 1 if self.pool == "tok" else 0
+      return [k[:, first:].reshape(k.shape[0], gh, gw, width) for k in kept]
+    x = encoder(x, not train)
     if tokens:
       return x[:, 1:] if self.pool == "tok" else x
     return x[:, 0] if self.pool == "tok" else jnp.mean(x, axis=1)
