@@ -84,3 +84,88 @@ def test_pooling_and_resizing_match_pytorch():
       ours = np.asarray(upernet.resize_bilinear(jnp.asarray(x), hw))
       ref = F.interpolate(t, size=hw, mode="bilinear", align_corners=False)
       np.testing.assert_allclose(ours, ref.numpy().transpose(0, 2, 3, 1), rtol=1e-5, atol=1e-5)
+
+
+def _class_image(channels):
+  """A 48 x 80 label map of 8 x 8 blocks in classes {0, 3, 7} (far apart, so an
+  interpolated label would show), and an image whose pixels encode their class."""
+  from ebm_pretrain.data import segmentation
+  rng = np.random.default_rng(0)
+  blocks = rng.choice(np.array([0, 3, 7], np.uint8), size=(6, 10))
+  mask = np.kron(blocks, np.ones((8, 8), np.uint8))
+  mask[:8, :8] = segmentation.IGNORE  # an unlabeled patch
+  value = np.where(mask == segmentation.IGNORE, 250, mask.astype(np.int32) * 30 + 20)
+  image = np.repeat(value[..., None], channels, -1).astype(np.uint8)
+  return image, mask
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_label_map_stays_aligned_with_the_image_through_every_augmentation(channels):
+  from ebm_pretrain.data import segmentation as seg
+  image, mask = _class_image(channels)
+  aug = seg.SegAugment(photometric=False)
+  seen_sizes, flips = set(), 0
+  for seed in range(40):
+    out_img, out_mask = seg.augment_pair(image, mask, 32, np.random.default_rng(seed), aug)
+    assert out_img.shape == (32, 32, channels) and out_mask.shape == (32, 32)
+    assert set(np.unique(out_mask)) <= {0, 3, 7, seg.IGNORE}  # nearest: no invented classes
+    # Where the labels are uniform around a pixel, the image there encodes the same class.
+    m = out_mask.astype(np.int32)
+    same = np.ones_like(m, bool)
+    for dy in (-1, 0, 1):
+      for dx in (-1, 0, 1):
+        same &= np.roll(m, (dy, dx), (0, 1)) == m
+    same[[0, -1]] = same[:, [0, -1]] = False
+    labelled = same & (m != seg.IGNORE)
+    decoded = np.rint((out_img[..., 0].astype(np.float32) - 20) / 30)
+    assert labelled.sum() > 0 and np.all(decoded[labelled] == m[labelled]), seed
+    padded = same & (out_img[..., 0] == 0)
+    assert np.all(m[padded] == seg.IGNORE)
+    valid = m != seg.IGNORE
+    seen_sizes.add(int(valid.any(1).sum()))
+    # The unlabeled patch (image 250) is at the left before a flip; it shows where it landed.
+    cols = np.where((out_img[..., 0] == 250).any(0))[0]
+    flips += int(len(cols) > 0 and cols.min() > 16)
+  assert len(seen_sizes) > 3  # the random rescale and crop did vary
+  assert flips > 0
+
+
+def test_photometric_distortion_changes_pixels_never_labels():
+  from ebm_pretrain.data import segmentation as seg
+  image, mask = _class_image(3)
+  changed = 0
+  for seed in range(10):
+    a = seg.augment_pair(image, mask, 32, np.random.default_rng(seed), seg.SegAugment())
+    b = seg.augment_pair(image, mask, 32, np.random.default_rng(seed),
+                         seg.SegAugment(photometric=False))
+    np.testing.assert_array_equal(a[1], b[1])
+    changed += int(not np.array_equal(a[0], b[0]))
+  assert changed > 0
+
+
+def test_ade20k_labels_reduce_zero_to_ignore():
+  from ebm_pretrain.data import segmentation as seg
+  raw = np.array([[0, 1, 150]], np.uint8)
+  np.testing.assert_array_equal(seg.decode_mask(raw, reduce_zero_label=True), [[255, 0, 149]])
+
+
+def test_garment_scenes_are_deterministic_and_their_masks_cover_the_garments():
+  from ebm_pretrain.data import segmentation as seg
+  yy, xx = np.mgrid[:28, :28]
+  disc = np.where((yy - 14) ** 2 + (xx - 14) ** 2 < 100, 200, 0).astype(np.uint8)
+  garments = [{"image": disc, "label": k} for k in range(10)]
+  scenes = seg.GarmentScenes(garments, length=20, size=48, seed=3)
+  a, b = scenes[5], scenes[5]
+  np.testing.assert_array_equal(a["image"], b["image"])
+  np.testing.assert_array_equal(a["segmentation"], b["segmentation"])
+  assert not np.array_equal(scenes[6]["segmentation"], a["segmentation"])
+  classes = set()
+  for i in range(len(scenes)):
+    s = scenes[i]
+    m = s["segmentation"]
+    assert s["image"].shape == (48, 48, 1) and m.shape == (48, 48) and m.max() <= 10
+    assert np.all(s["image"][..., 0][m > 0] > 30)  # a garment pixel is its silhouette
+    classes |= set(np.unique(m).tolist())
+  assert 0 in classes and len(classes) > 4
+  with pytest.raises(IndexError):
+    scenes[20]
