@@ -1,5 +1,6 @@
 """Pictures a person can read: grids of image columns (corrupted, each restoration
-step, original; or shuffled, each sorting step, in place), every image scaled
+step, original; or shuffled, each sorting step, in place; or a segmentation's
+image, prediction and ground truth as colour overlays), every image scaled
 up (nearest neighbour) to at least ``MIN_SIZE`` pixels, under a header row
 naming the columns. The training loop writes them to PNG and TensorBoard;
 ``python -m ebm_pretrain.restore`` draws one for a user's own images."""
@@ -51,10 +52,50 @@ def _font():
 def grid(columns: dict[str, np.ndarray], mean, std, min_size: int = MIN_SIZE) -> np.ndarray:
   """Rows = examples, columns = ``columns`` (normalised float images [B, H, W, C];
   in ``column_order``) -> one uint8 [H', W', C] picture with a header row of the
-  column names."""
-  columns = {k: columns[k] for k in sorted(columns, key=column_order)}
-  cols = [upscale(np.asarray(normalization.to_pixels(v, mean, std)), min_size)
-          for v in columns.values()]
+  column names. A segmentation's columns (``prediction`` and ``truth`` label
+  maps beside the ``image``) become :func:`segmentation_columns` first."""
+  names = column_names(columns)
+  if "prediction" in columns:
+    return _draw(names, segmentation_columns(*(columns[k] for k in names), mean, std), min_size)
+  return _draw(names, [np.asarray(normalization.to_pixels(columns[k], mean, std))
+                       for k in names], min_size)
+
+
+SEGMENTATION = ("image", "prediction", "truth")
+
+
+def column_names(columns: dict) -> list[str]:
+  """The columns in drawing order."""
+  return list(SEGMENTATION) if "prediction" in columns else sorted(columns, key=column_order)
+
+
+def palette(num_classes: int) -> np.ndarray:
+  """[num_classes, 3] float colours in [0, 1], far apart (golden-ratio hues)."""
+  import colorsys
+  return np.array([colorsys.hsv_to_rgb((i * 0.618034) % 1, 0.85, 0.95) for i in range(num_classes)],
+                  np.float32)
+
+
+def segmentation_columns(image, prediction, truth, mean, std, ignore: int = 255,
+                         alpha: float = 0.55) -> list[np.ndarray]:
+  """[image | prediction | ground truth] in RGB [0, 1]: the label maps' class
+  colours laid over the image (``alpha``); unlabeled pixels (``ignore``) show
+  the image alone. Colours index classes consistently across columns and steps."""
+  pixels = np.asarray(normalization.to_pixels(image, mean, std), np.float32)
+  rgb = np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels[..., :3]
+  prediction, truth = np.asarray(prediction), np.asarray(truth)
+  colours = palette(int(max(prediction.max(initial=0), np.where(truth == ignore, 0, truth).max(
+      initial=0))) + 1)
+
+  def overlay(labels):
+    labelled = (labels != ignore)[..., None]
+    tint = colours[np.where(labels == ignore, 0, labels)]
+    return np.where(labelled, (1 - alpha) * rgb + alpha * tint, rgb)
+  return [rgb, overlay(prediction), overlay(truth)]
+
+
+def _draw(names, cols, min_size: int) -> np.ndarray:
+  cols = [upscale(c, min_size) for c in cols]
   b, h, w, c = cols[0].shape
   top = HEADER + PAD
   out = np.ones((top + b * (h + PAD), PAD + len(cols) * (w + PAD), c), np.float32)
@@ -66,7 +107,7 @@ def grid(columns: dict[str, np.ndarray], mean, std, min_size: int = MIN_SIZE) ->
   pixels = (np.nan_to_num(out) * 255).round().astype(np.uint8)
   picture = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
   draw, font = ImageDraw.Draw(picture), _font()
-  for j, name in enumerate(columns):
+  for j, name in enumerate(names):
     text = label(name)
     left, _, right, bottom = draw.textbbox((0, 0), text, font=font)
     x = PAD + j * (w + PAD) + max(0, (w - (right - left)) // 2)

@@ -77,7 +77,8 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
       source="tfds", name="imagenet2012", data_dir="", split="train", eval_split="validation",
       image_size=224, channels=3, mean=list(corruptions.IMAGENET_MEAN),
       std=list(corruptions.IMAGENET_STD), num_workers=8, idx_dir="", folder="",
-      num_examples=0,     # synthetic source only
+      num_examples=0,     # synthetic and garment_scenes sources: how many (0: default)
+      scene_size=64,      # garment_scenes: the side of a scene before the training crop
       train_fraction=1.0,  # train on a fixed random subset (e.g. 0.01 of the labels)
       eval_resize=0,      # eval: resize the short side to this (0: image_size), center crop
       subset_seed=0,      # which train_fraction subset
@@ -161,6 +162,35 @@ def finetune_defaults() -> ml_collections.ConfigDict:
   return c
 
 
+def segmentation_defaults() -> ml_collections.ConfigDict:
+  """UperNet on ADE20K, the protocol of BEiT and MAE that the paper follows
+  (Table 7): 160k iterations at batch 16, 512 x 512 crops (mmsegmentation's
+  rescale 0.5-2.0 of 2048 x 512, crop with cat_max_ratio 0.75, flip, photometric
+  distortion), AdamW lr 1e-4, betas (0.9, 0.999), wd 0.05, layer decay 0.65,
+  1500 warmup iterations, drop path 0.1, UperNet channels 768, an auxiliary
+  FCN head (256 wide, loss weight 0.4) on the stride-16 level. Differences:
+  cosine instead of linear ("poly", power 1) decay, and whole-image inference on the image fitted into the 512 square instead of
+  sliding windows at 2048 x 512 (evaluators/miou.py)."""
+  c = finetune_defaults()
+  c.objective = "segmentation"
+  c.num_classes = 150
+  # UperNet's width (BEiT / MAE: 768); the auxiliary FCN head's width and loss weight.
+  c.seg = ml_collections.ConfigDict(dict(channels=768, aux_channels=256, aux_weight=0.4))
+  c.layer_decay = 0.65
+  c.label_smoothing = 0.0
+  c.mixup.update(dict(mixup_alpha=0.0, cutmix_alpha=0.0))
+  c.data.update(dict(name="scene_parse150", eval_split="validation", image_size=512,
+                     eval_resize=0))
+  c.batch_size = 16
+  c.total_steps = 160_000
+  c.optim.update(dict(base_lr=1e-4, lr_base_batch=16, warmup_steps=1500, warmup_epochs=0,
+                      min_lr=0.0))
+  c.eval_every = 16_000
+  c.checkpoint_every = 4000
+  c.best_metric = "eval/miou"
+  return c
+
+
 def linprobe_defaults() -> ml_collections.ConfigDict:
   """MAE's linear probing: the backbone frozen, BatchNorm (no affine) + linear
   head, LARS lr 0.1 x batch/256, batch 16384, 90 epochs (10 warmup), no weight
@@ -203,6 +233,26 @@ def vit_imagenet_downstream(arg: str | None, variant: str, epochs: int,
   c.init = a.init
   if not linprobe:
     c.total_epochs = epochs
+  return c
+
+
+def upernet_ade20k(arg: str | None, family: str, variant: str,
+                   **overrides) -> ml_collections.ConfigDict:
+  """The seg_upernet_* configs: ``segmentation_defaults`` with ``family``'s
+  ``variant`` as fine-tuning takes it (its ``finetune`` hook: ViT global pooling,
+  drop path), ``overrides`` for the family's own recipe; ``init=`` names the
+  pretraining workdir (empty: from scratch), ``model=from_init`` takes the
+  checkpoint's backbone, any family."""
+  c = segmentation_defaults()
+  a = parse_arg(arg, init="", model="")
+  if a.model not in ("", "from_init"):
+    raise ConfigError(f"model={a.model!r}: valid: from_init (the checkpoint's backbone), or "
+                      f"leave it out for {family} {variant}")
+  c.model = (parse_model("") if a.model == "from_init" else ml_collections.ConfigDict(
+      models.finetune_model(dict(name=family, variant=variant))))
+  c.init = a.init
+  for key, value in overrides.items():
+    c[key].update(value) if isinstance(value, dict) else setattr(c, key, value)
   return c
 
 

@@ -210,10 +210,10 @@ def _run(config, workdir, devices, source, ckpts, log):
                        out_shardings=(state_sharding, replicated), donate_argnums=(0,))
 
   @functools.partial(jax.jit, out_shardings=replicated)
-  def visualize(params, batch, rng):
+  def visualize(params, model_state, batch, rng):
     small = {key: v[:config.image_count] for key, v in batch.items()}
     small["image"] = normalization.normalize(small["image"], mean, std)
-    return objective.visualize(params, small, rng)
+    return objective.visualize(params, small, rng, model_state=model_state)
 
   # == Evaluation ==============================================================
   evals = evaluators.build(config, objective, ctx)
@@ -271,10 +271,13 @@ def _run(config, workdir, devices, source, ckpts, log):
         pending, t_log = [], time.time()
 
       if draws and itstime(step, config.image_every, total_steps):
-        grids = jax.device_get(visualize(state["params"], batch, jax.random.fold_in(vis_rng, step)))
-        path = writer.image(step, "restoration", pictures.grid(grids, mean, std))
+        grids = jax.device_get(visualize(state["params"], state["model_state"], batch,
+                                         jax.random.fold_in(vis_rng, step)))
+        what = "segmentation" if "prediction" in grids else "restoration"
+        path = writer.image(step, what, pictures.grid(grids, mean, std))
         if path and step == total_steps:
-          log(f"Restoration grid (corrupted | steps | original): {path}", flush=True)
+          names = " | ".join(map(pictures.label, pictures.column_names(grids)))
+          log(f"{what.capitalize()} grid ({names}): {path}", flush=True)
 
       if step != total_steps:  # the final evaluation runs after the last checkpoint
         last.update(evaluate(step))

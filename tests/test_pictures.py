@@ -103,3 +103,20 @@ def test_restore_draws_a_folder_and_names_each_bad_file(tiny_pretrain, tmp_path,
   train_inprocess(f"tiny_finetune:init={tiny_pretrain},steps=1", ft, eval_examples=0)
   assert restore.main([f"--init={ft}", f"--images={folder}", f"--output={out}"]) == 2
   assert "holds a 'supervised' model; restore needs" in capsys.readouterr().err
+
+
+def test_segmentation_overlays_tint_labelled_pixels_and_leave_unlabeled_ones():
+  image = np.full((2, 8, 8, 1), 0.0, np.float32)  # normalised 0 = the mean, gray
+  truth = np.zeros((2, 8, 8), np.int32)
+  truth[:, :4] = 3
+  truth[:, :, 6:] = 255  # unlabeled
+  prediction = np.full((2, 8, 8), 3)
+  img, pred, true = pictures.segmentation_columns(image, prediction, truth, [0.5], [0.25])
+  gray = img[0, 0, 0]
+  assert img.shape == (2, 8, 8, 3) and np.allclose(gray, 0.5)
+  np.testing.assert_allclose(true[:, :, 6:], img[:, :, 6:])  # unlabeled: the image alone
+  assert not np.allclose(true[0, 0, 0], gray) and not np.allclose(true[0, 5, 0], true[0, 0, 0])
+  np.testing.assert_allclose(pred[0, 0, 0], true[0, 0, 0])  # the same class, the same colour
+  drawn = pictures.grid({"image": image, "prediction": prediction, "truth": truth}, [0.5], [0.25])
+  assert drawn.ndim == 3 and drawn.shape[-1] == 3
+  assert drawn.shape[1] == pictures.PAD + 3 * (96 + pictures.PAD)  # 3 columns, 8 px -> 96

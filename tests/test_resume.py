@@ -111,3 +111,25 @@ def test_killed_fine_tuning_resumes_exactly(tmp_path, tiny_pretrain):
                      if "eval/top1" in r]
   assert evals(wd)[-1] == evals(ref)[-1]
   assert sorted(os.listdir(os.path.join(wd, "best"))) == sorted(os.listdir(os.path.join(ref, "best")))
+
+
+def test_killed_segmentation_resumes_exactly(tmp_path, tiny_pretrain):
+  """And for segmentation: the label maps' augmentation, BatchNorm statistics,
+  dropout, the mIoU evaluations and best/."""
+  overrides = ("--config.total_steps=40", "--config.checkpoint_every=4", "--config.eval_every=20",
+               f"--config.init={tiny_pretrain}")
+  ref, wd = str(tmp_path / "ref"), str(tmp_path / "killed")
+  run_main("configs/tiny_seg.py", ref, *overrides)
+  code, _, _ = _start_and_interrupt(wd, signal.SIGKILL, after_step=8,
+                                    command=("configs/tiny_seg.py", *overrides))
+  assert code == -signal.SIGKILL
+  killed_at, _ = latest_params(wd)
+  assert killed_at < 40
+  proc = run_main("configs/tiny_seg.py", wd, *overrides)
+  assert f"Resuming from checkpoint step {killed_at}" in proc.stdout
+  assert_trees_close(latest_params(wd)[1], latest_params(ref)[1], rtol=1e-6, atol=1e-7)
+  for k in ("loss", "pixel_accuracy", "grad_norm"):
+    assert _last_record(wd, 40)[k] == pytest.approx(_last_record(ref, 40)[k], rel=1e-6), k
+  evals = lambda w: [r["eval/miou"] for r in map(json.loads, open(os.path.join(w, "metrics.jsonl")))
+                     if "eval/miou" in r]
+  assert len(evals(wd)) >= 1 and evals(wd)[-1] == evals(ref)[-1]

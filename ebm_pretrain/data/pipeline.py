@@ -1,7 +1,8 @@
 """The grain input pipeline: shard -> shuffle -> repeat -> decode/augment -> batch -> prefetch.
 
 Batches are host-local numpy dicts ``{"image": uint8 [b, H, W, C], "label": int32 [b],
-"valid": bool [b]}``. Images stay uint8 until they are on the device (4x less
+"valid": bool [b]}`` (segmentation adds ``"mask": uint8 [b, H, W]``:
+``data/segmentation.py``). Images stay uint8 until they are on the device (4x less
 host->device traffic); the train step normalises them. An image that cannot be
 decoded becomes an all-zero example with ``valid=False``: the loss ignores it
 and the trainer counts and reports it, so a corrupt file never stops a run.
@@ -108,6 +109,10 @@ class Augment:
 def decode_augment(element: dict, *, image_size: int, channels: int, train: bool,
                    rng: np.random.Generator, resize_to: int | None = None,
                    augment: Augment = Augment()) -> dict:
+  if "segmentation" in element:  # an image with its label map: data/segmentation.py
+    from ebm_pretrain.data import segmentation  # (it imports this module)
+    return segmentation.decode_augment_segmentation(
+        element, image_size=image_size, channels=channels, train=train, rng=rng)
   label = np.int32(element.get("label", -1))
   try:
     arr = decode_image(element["image"], channels)
@@ -209,6 +214,9 @@ def make_eval_dataset(source: Sequence[dict], *, batch_size: int, image_size: in
   pad = max(1, math.ceil(per / batch_size)) * batch_size - len(ds)
   blank = {"image": np.zeros((image_size, image_size, channels), np.uint8),
            "label": np.int32(-1), "valid": np.bool_(False)}
+  if len(ds) and "mask" in ds[0]:  # segmentation batches carry label maps
+    from ebm_pretrain.data import segmentation
+    blank["mask"] = segmentation.blank(image_size, channels)[1]
   if pad:
     ds = grain.MapDataset.concatenate([ds, grain.MapDataset.source([blank] * pad)])
   it = ds.batch(batch_size).to_iter_dataset()

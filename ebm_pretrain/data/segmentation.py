@@ -20,6 +20,7 @@ per-pixel class masks (0: background, 1-10: the garment classes).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -139,15 +140,16 @@ def _texture(rng: np.random.Generator, size: int, channels: int) -> np.ndarray:
 class GarmentScenes:
   """``len`` scenes, each ``size`` x ``size``, built deterministically from its
   index and ``seed``: a textured background and 1-3 garments from ``garments``
-  (a source of ``{"image", "label"}``, e.g. Fashion-MNIST) scaled by 1-``max_scale``
-  and placed at random; a garment's pixels brighter than ``threshold`` are its
-  silhouette (label + 1), later garments occlude earlier ones."""
+  (a source of ``{"image", "label"}``, e.g. Fashion-MNIST) resized to a side of
+  ``scale`` (a range, as a fraction of the scene's) and placed at random; a
+  garment's pixels brighter than ``threshold`` are its silhouette (label + 1),
+  later garments occlude earlier ones."""
   num_classes = 11
 
   def __init__(self, garments: Sequence[dict], length: int, size: int = 64, channels: int = 1,
-               seed: int = 0, threshold: int = 30, max_scale: float = 1.6):
+               seed: int = 0, threshold: int = 30, scale: tuple[float, float] = (0.35, 0.7)):
     self.garments, self.length, self.size = garments, length, size
-    self.channels, self.seed, self.threshold, self.max_scale = channels, seed, threshold, max_scale
+    self.channels, self.seed, self.threshold, self.scale = channels, seed, threshold, scale
 
   def __len__(self) -> int:
     return self.length
@@ -161,7 +163,7 @@ class GarmentScenes:
     for _ in range(int(rng.integers(1, 4))):
       g = self.garments[int(rng.integers(len(self.garments)))]
       pixels = decode_image(g["image"], 1)[..., 0]
-      side = min(self.size, int(round(pixels.shape[0] * rng.uniform(1.0, self.max_scale))))
+      side = min(self.size, max(1, int(round(self.size * rng.uniform(*self.scale)))))
       pixels = np.asarray(Image.fromarray(pixels).resize((side, side), Image.BILINEAR))
       top, left = (int(rng.integers(0, self.size - side + 1)) for _ in range(2))
       shape = pixels > self.threshold
@@ -170,3 +172,49 @@ class GarmentScenes:
       image[region][shape] = (pixels[shape, None] * tint).astype(np.uint8)
       mask[region][shape] = int(g["label"]) + 1
     return {"image": image, "segmentation": mask}
+
+
+def decode_augment_segmentation(element: dict, *, image_size: int, channels: int, train: bool,
+                                rng: np.random.Generator,
+                                augment: SegAugment = SegAugment()) -> dict:
+  """``{"image", "segmentation"}`` -> ``{"image", "mask", "label", "valid"}``.
+  Training: :func:`augment_pair`. Evaluation: the image resized to fit the
+  ``image_size`` square, keeping its aspect ratio, and padded (unlabeled)."""
+  try:
+    image = decode_image(element["image"], channels)
+    mask = decode_mask(element["segmentation"])
+    if train:
+      image, mask = augment_pair(image, mask, image_size, rng, augment)
+    else:
+      if image.shape[:2] != mask.shape:
+        raise ValueError(f"image {image.shape[:2]} and label map {mask.shape} differ in size")
+      image, mask = pad_to(*rescale_to(image, mask, image_size, image_size), image_size)
+    valid = True
+  except Exception as e:  # corrupt or unreadable: skip and count, never crash
+    logging.warning("skipping an undecodable example: %s", e)
+    image, mask = blank(image_size, channels)
+    valid = False
+  return {"image": np.ascontiguousarray(image), "mask": np.ascontiguousarray(mask),
+          "label": np.int32(-1), "valid": np.bool_(valid)}
+
+
+def blank(image_size: int, channels: int):
+  """A padding example's image and (all unlabeled) label map."""
+  return (np.zeros((image_size, image_size, channels), np.uint8),
+          np.full((image_size, image_size), IGNORE, np.uint8))
+
+
+class SceneParse:
+  """TFDS ``scene_parse150`` (ADE20K, 150 classes) as ``{"image", "segmentation"}``
+  with mmsegmentation's ``reduce_zero_label``: "other" (0) is unlabeled."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, i: int) -> dict:
+    e = self.source[i]
+    return {"image": e["image"], "segmentation": decode_mask(e["annotation"],
+                                                             reduce_zero_label=True)}

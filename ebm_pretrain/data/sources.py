@@ -43,6 +43,15 @@ ImageNet cannot be downloaded automatically. To prepare it once:
 """
 
 
+ADE20K_HELP = """\
+ADE20K (TFDS 'scene_parse150') is not prepared in data_dir={data_dir}.
+This program never downloads data. Prepare it once where you can download:
+  1. pip install tensorflow-datasets tensorflow   (for the build step only)
+  2. tfds build scene_parse150 --data_dir={data_dir} --file_format=array_record
+  3. Run again with --config.data.data_dir={data_dir} (a local path or gs://bucket/path).
+"""
+
+
 # ----------------------------------------------------------------------------
 # TFDS.
 # ----------------------------------------------------------------------------
@@ -62,11 +71,17 @@ def tfds_source(name: str, split: str, data_dir: str | None):
   if not builder.is_prepared():
     if name.split(":")[0] == "imagenet2012":
       raise DataSourceError(IMAGENET_HELP.format(data_dir=data_dir or "~/tensorflow_datasets"))
+    if name.split(":")[0] == "scene_parse150":
+      raise DataSourceError(ADE20K_HELP.format(data_dir=data_dir or "~/tensorflow_datasets"))
     raise DataSourceError(
         f"TFDS dataset {name!r} is not prepared in data_dir={data_dir!r}. Prepare it "
         f"once with `tfds build {name} --data_dir=DIR --file_format=array_record` and "
         "pass --config.data.data_dir=DIR. This program never downloads data.")
-  return _as_source(builder, split)
+  source = _as_source(builder, split)
+  if name.split(":")[0] == "scene_parse150":  # ADE20K: image + label map
+    from ebm_pretrain.data.segmentation import SceneParse
+    return SceneParse(source)
+  return source
 
 
 def _as_source(builder, split: str):
@@ -250,11 +265,18 @@ def get_source(data_cfg, split: str) -> Sequence[dict]:
     cache = os.path.expanduser("~/tensorflow_datasets") if fs.is_cloud(cache) else cache
     out = os.path.join(cache, f"folder_{digest}")
     return FolderSource(prepare_folder(folder, out))
+  if kind == "garment_scenes":  # the offline segmentation demo (data/segmentation.py)
+    from ebm_pretrain.data.segmentation import GarmentScenes
+    # Training scenes from the training garments, any other split's from the test ones.
+    garments = fashion_mnist_source("train" if split == "train" else "test",
+                                    _cache_dir(data_cfg), data_cfg.idx_dir or None)
+    return GarmentScenes(garments, data_cfg.num_examples or len(garments), data_cfg.scene_size,
+                         data_cfg.channels, seed=0 if split == "train" else 1)
   if kind == "synthetic":
     return SyntheticSource(data_cfg.num_examples or 1024, data_cfg.image_size,
                            data_cfg.channels, seed=0 if split == "train" else 1)
   raise ValueError(f"unknown data.source {kind!r}; valid: tfds, fashion_mnist_offline, "
-                   "folder, synthetic")
+                   "folder, garment_scenes, synthetic")
 
 
 def _cache_dir(data_cfg) -> str:

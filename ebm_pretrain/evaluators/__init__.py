@@ -2,7 +2,7 @@
 entry of ``config.evals = {name: dict(type=..., every=..., examples=..., ...)}``;
 an empty ``config.evals`` means the objective's ``default_evals`` (energy:
 ``psnr``, sorting: ``sorting``, the autoencoders: ``loss``, supervised:
-``top1``). Unset ``every`` / ``examples`` / ``batch_size`` / ``split`` take
+``top1``, segmentation: ``miou``). Unset ``every`` / ``examples`` / ``batch_size`` / ``split`` take
 ``config.eval_every`` / ``eval_examples`` / ``eval_batch_size`` /
 ``data.eval_split``; an entry with ``examples == 0`` does not run. Metrics are
 named ``<prefix>/<metric>`` (prefix ``eval``).
@@ -24,6 +24,7 @@ _REGISTRY = Registry("evals.*.type", {
     "loss": "ebm_pretrain.evaluators.loss:Loss",
     "knn": "ebm_pretrain.evaluators.knn:KNN",
     "linear_probe": "ebm_pretrain.evaluators.linear_probe:LinearProbe",
+    "miou": "ebm_pretrain.evaluators.miou:MIoU",
 })
 
 

@@ -93,7 +93,9 @@ class Evaluator:
     for i, local in enumerate(self.dataset()):
       s = sums(params, model_state, self.ctx.to_global(local), jax.random.fold_in(rng, i))
       totals = s if totals is None else jax.tree.map(jnp.add, totals, s)
-    totals = {k: float(v) for k, v in jax.device_get(totals).items()}
+    # Scalars become floats; an array total (a confusion matrix) stays an array.
+    totals = {k: float(v) if np.ndim(v) == 0 else np.asarray(v)
+              for k, v in jax.device_get(totals).items()}
     return self.summary(totals, max(totals.pop("count"), 1.0))
 
   def _jitted_sums(self) -> Callable:

@@ -9,8 +9,9 @@ proj, relative_position_bias_table}, norm2, mlp/{fc1, fc2}}``,
 final LayerNorm, then global average pooling.
 
 As in the official code, a stage whose feature map is no larger than the window
-attends over the whole map, unshifted. Any other map must split into whole
-windows; a size that does not is a clear error.
+attends over the whole map, unshifted, and a map that does not split into whole
+windows is padded with zero tokens for attention (512 px segmentation crops with
+7 x 7 windows); the image size must downsample evenly through every stage.
 """
 from __future__ import annotations
 
@@ -158,15 +159,21 @@ class SwinBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     _, h, w, c = x.shape
     y = nn.LayerNorm(epsilon=1e-5, name="norm1", **kw)(x)
+    # A map that does not split into windows is padded at the bottom and right
+    # with zero tokens and cropped back after attention (official Swin, timm,
+    # mmsegmentation: how 512 px segmentation crops work with 7 x 7 windows).
+    hp, wp = -(-h // self.window) * self.window, -(-w // self.window) * self.window
+    y = jnp.pad(y, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
     mask = None
     if self.shift:
       y = jnp.roll(y, (-self.shift, -self.shift), axis=(1, 2))
-      mask = shifted_window_mask(h, w, self.window, self.shift)
+      mask = shifted_window_mask(hp, wp, self.window, self.shift)
     y = WindowAttention(self.num_heads, self.window, name="attn", **kw)(
         window_partition(y, self.window), mask)
-    y = window_reverse(y, self.window, h, w)
+    y = window_reverse(y, self.window, hp, wp)
     if self.shift:
       y = jnp.roll(y, (self.shift, self.shift), axis=(1, 2))
+    y = y[:, :h, :w]
     x = x + DropPath(self.drop_path)(y, deterministic)
     y = nn.LayerNorm(epsilon=1e-5, name="norm2", **kw)(x)
     y = Mlp(4 * c, name="mlp", **kw)(y)
@@ -215,19 +222,11 @@ class SwinStage(nn.Module):
 
 def check_images(variant: str, images) -> None:
   """Raises a clear ValueError for a batch that is not [B, H, W, C] or whose size
-  does not downsample evenly or split into windows at every stage."""
+  does not downsample evenly at every stage (maps that do not split into
+  windows are padded: ``SwinBlock``)."""
   cfg = decode_variant(variant)
   num_stages = len(cfg["depths"])
   layers.check_images("Swin", variant, images, cfg["patch"] * 2 ** (num_stages - 1))
-  image_hw = images.shape[1:3]
-  h, w = (d // cfg["patch"] for d in image_hw)
-  for s in range(num_stages):
-    window = min(cfg["window"], h, w)
-    if h % window or w % window:
-      raise ValueError(f"Swin {variant}: at stage {s} the feature map is {h}x{w}, which does "
-                       f"not split into {window}x{window} windows (image {image_hw[0]}x"
-                       f"{image_hw[1]}; with window 7, 224 and 448 work)")
-    h, w = h // 2, w // 2
 
 
 class Swin(nn.Module):

@@ -14,7 +14,8 @@ per-pixel logits [B, H, W, num_classes]:
   upsampling and addition), 3×3 convolutions per level, all levels upsampled to
   the finest and fused by a 3×3 convolution; every convolution is conv (no
   bias) + BatchNorm + ReLU (``ConvModule``); then dropout 0.1, a 1×1
-  classifier and bilinear upsampling to the input size (``align_corners=False``).
+  classifier and bilinear upsampling to the input size (``align_corners=False``);
+- optionally the auxiliary FCN head on the stride-16 level (training loss only).
 """
 from __future__ import annotations
 
@@ -113,17 +114,36 @@ class UperNetHead(nn.Module):
     return nn.Conv(self.num_classes, (1, 1), name="cls_seg", **kw)(x)
 
 
-class SegmentationModel(nn.Module):
-  """``backbone`` (any family with ``pyramid=True``) + neck + UperNet:
-  images [B, H, W, C] -> logits [B, H, W, num_classes] in float32."""
-  backbone: nn.Module
+class FCNHead(nn.Module):
+  """The auxiliary head (mmsegmentation's ``FCNHead``, one 3x3 ConvModule, dropout
+  0.1, a 1x1 classifier) on one pyramid level: a training-only loss term."""
   num_classes: int
-  channels: int = 512
+  channels: int = 256
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images, *, train: bool = False):
+  def __call__(self, x, train: bool):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = ConvModule(self.channels, 3, name="conv", **kw)(x, train)
+    x = nn.Dropout(0.1, deterministic=not train)(x)
+    return nn.Conv(self.num_classes, (1, 1), name="cls_seg", **kw)(x)
+
+
+class SegmentationModel(nn.Module):
+  """``backbone`` (any family with ``pyramid=True``) + neck + UperNet:
+  images [B, H, W, C] -> logits [B, H, W, num_classes] in float32. With
+  ``aux_channels`` > 0, an auxiliary ``FCNHead`` reads the third level (stride
+  16, as BEiT / MAE configure it) and ``aux=True`` returns (logits, aux logits)."""
+  backbone: nn.Module
+  num_classes: int
+  channels: int = 512
+  aux_channels: int = 0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, *, train: bool = False, aux: bool = False):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     levels = self.backbone(images, train=train, pyramid=True)
     if len({x.shape[1:3] for x in levels}) == 1:  # a plain ViT: one stride
@@ -132,4 +152,11 @@ class SegmentationModel(nn.Module):
       levels = [nn.LayerNorm(epsilon=1e-6, name=f"neck_norm_{i}", **kw)(x)
                 for i, x in enumerate(levels)]
     logits = UperNetHead(self.num_classes, self.channels, name="decode_head", **kw)(levels, train)
-    return resize_bilinear(logits, images.shape[1:3]).astype(jnp.float32)
+    logits = resize_bilinear(logits, images.shape[1:3]).astype(jnp.float32)
+    if self.aux_channels:
+      level = levels[min(2, len(levels) - 1)]
+      aux_logits = FCNHead(self.num_classes, self.aux_channels, name="auxiliary_head", **kw)(
+          level, train)
+      if aux:
+        return logits, resize_bilinear(aux_logits, images.shape[1:3]).astype(jnp.float32)
+    return logits

@@ -18,6 +18,7 @@ _REGISTRY = Registry("objective", {
     "ae_sorting": "ebm_pretrain.objectives.autoencoders:SortingAutoencoder",
     "mae": "ebm_pretrain.objectives.autoencoders:MAEObjective",
     "supervised": "ebm_pretrain.objectives.supervised:SupervisedObjective",
+    "segmentation": "ebm_pretrain.objectives.segmentation:SegmentationObjective",
 })
 
 

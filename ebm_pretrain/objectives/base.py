@@ -46,7 +46,7 @@ class Objective(Protocol):
   def init_from(self, params, path: str, log=print) -> dict: ...
   def backbone_params(self, params) -> dict: ...
   def features(self, params, model_state, images): ...
-  def visualize(self, params, batch, rng) -> dict | None: ...
+  def visualize(self, params, batch, rng, model_state=None) -> dict | None: ...
   def console_metrics(self) -> list[str]: ...
   @classmethod
   def default_evals(cls) -> dict[str, dict]: ...
@@ -109,8 +109,9 @@ class Base:
     """Backbone features [B, D] (what kNN and linear probes read)."""
     return self.backbone.apply({"params": self.backbone_params(params)}, images)
 
-  def visualize(self, params, batch, rng) -> dict | None:
-    """Named normalised images to draw side by side, or None (nothing to draw)."""
+  def visualize(self, params, batch, rng, model_state=None) -> dict | None:
+    """Named normalised images to draw side by side (``pictures.grid``), or None
+    (nothing to draw); ``model_state``: the trainer's (BatchNorm statistics)."""
     return None
 
   def console_metrics(self) -> list[str]:
@@ -121,6 +122,27 @@ class Base:
   def default_evals(cls) -> dict[str, dict]:
     """``config.evals`` when the config leaves it empty."""
     return {}
+
+
+def layer_decay_multipliers(config, params):
+  """Layer-wise lr decay (BEiT / MAE ``param_groups_lrd``): ``decay ** (n - i)``
+  for a backbone parameter at depth i of n, 1 for everything else (heads,
+  necks); None (no factors) without decay or without a loaded backbone
+  (``config.init``): the decay protects pretrained features, and from scratch
+  every layer takes the full rate, as in MAE's and the paper's baselines."""
+  from ebm_pretrain.trees import path_str
+  decay = config.layer_decay
+  if decay == 1.0 or not config.init:
+    return None
+  m = config.model
+
+  def factor(path, _):
+    p = path_str(path)
+    if not p.startswith("backbone/"):
+      return 1.0
+    i, n = models.layer_id(m.name, m.variant, p[len("backbone/"):])
+    return float(decay ** (n - i))
+  return jax.tree_util.tree_map_with_path(factor, params)
 
 
 def get_backbone(config) -> nn.Module:

@@ -138,7 +138,7 @@ class EnergyObjective(EnergyModelObjective):
     x = batch["image"]
     return Problem(self.energy_fn, self.corrupt(rng, x), x, self.config.loss)
 
-  def visualize(self, params, batch, rng) -> dict[str, jax.Array]:
+  def visualize(self, params, batch, rng, model_state=None) -> dict[str, jax.Array]:
     """Corrupted input, each restoration step, and the original (normalised)."""
     p = self.problem(batch, rng)
     chain = self.chain(params, p)

@@ -79,7 +79,7 @@ class SortingObjective(EnergyModelObjective):
   def problem(self, batch, rng) -> Problem:
     return self.sorting_problem(batch["image"], rng).problem
 
-  def visualize(self, params, batch, rng) -> dict[str, jax.Array]:
+  def visualize(self, params, batch, rng, model_state=None) -> dict[str, jax.Array]:
     """The kept patches drawn where their embeddings point: shuffled, after each
     step, and in place (dropped positions hold the data mean)."""
     s = self.sorting_problem(batch["image"], rng)

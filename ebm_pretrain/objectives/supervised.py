@@ -11,11 +11,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ebm_pretrain import mixing, models
+from ebm_pretrain import mixing
 from ebm_pretrain.errors import fail
 from ebm_pretrain.energy import weighted_mean
-from ebm_pretrain.objectives.base import DTYPES, Base, get_backbone
-from ebm_pretrain.trees import path_str
+from ebm_pretrain.objectives.base import (DTYPES, Base, get_backbone,
+                                          layer_decay_multipliers)
 
 
 BATCHNORM_EPS = 1e-6  # the linear probe's BatchNorm (export folds it with the same eps)
@@ -81,22 +81,7 @@ class SupervisedObjective(Base):
     return self.freeze_backbone and path.startswith("backbone/")
 
   def lr_multipliers(self, params):
-    """Layer-wise lr decay (BEiT/MAE): decay ** (num_layers - layer of the param),
-    only for a backbone loaded from a checkpoint (``config.init``): it protects
-    pretrained features. From scratch every layer takes the full learning rate,
-    as in MAE's and the paper's supervised baselines."""
-    decay = self.config.layer_decay
-    if decay == 1.0 or not self.config.init:
-      return None
-    m = self.config.model
-
-    def factor(path, _):
-      p = path_str(path)
-      if not p.startswith("backbone/"):
-        return 1.0
-      i, n = models.layer_id(m.name, m.variant, p[len("backbone/"):])
-      return float(decay ** (n - i))
-    return jax.tree_util.tree_map_with_path(factor, params)
+    return layer_decay_multipliers(self.config, params)
 
   def logits(self, params, model_state, images, train=False, rng=None):
     features = self._features(params, images, train, rng)
