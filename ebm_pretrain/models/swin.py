@@ -160,8 +160,9 @@ class SwinBlock(nn.Module):
     _, h, w, c = x.shape
     y = nn.LayerNorm(epsilon=1e-5, name="norm1", **kw)(x)
     # A map that does not split into windows is padded at the bottom and right
-    # with zero tokens and cropped back after attention (official Swin, timm,
-    # mmsegmentation: how 512 px segmentation crops work with 7 x 7 windows).
+    # with zero tokens, then shifted, and cropped back after attention (the
+    # official Swin and mmsegmentation; timm shifts first, then pads): how 512 px
+    # segmentation crops work with 7 x 7 windows.
     hp, wp = -(-h // self.window) * self.window, -(-w // self.window) * self.window
     y = jnp.pad(y, ((0, 0), (0, hp - h), (0, wp - w), (0, 0)))
     mask = None
