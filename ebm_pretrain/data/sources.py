@@ -68,17 +68,18 @@ def tfds_source(name: str, split: str, data_dir: str | None):
     first = (str(e).strip().splitlines() or [type(e).__name__])[0]
     raise DataSourceError(f"cannot open TFDS dataset {name!r} in data_dir={data_dir!r}: "
                           f"{first}") from None
+  base = name.split(":")[0]  # without the version
   if not builder.is_prepared():
-    if name.split(":")[0] == "imagenet2012":
+    if base == "imagenet2012":
       raise DataSourceError(IMAGENET_HELP.format(data_dir=data_dir or "~/tensorflow_datasets"))
-    if name.split(":")[0] == "scene_parse150":
+    if base == "scene_parse150":
       raise DataSourceError(ADE20K_HELP.format(data_dir=data_dir or "~/tensorflow_datasets"))
     raise DataSourceError(
         f"TFDS dataset {name!r} is not prepared in data_dir={data_dir!r}. Prepare it "
         f"once with `tfds build {name} --data_dir=DIR --file_format=array_record` and "
         "pass --config.data.data_dir=DIR. This program never downloads data.")
   source = _as_source(builder, split)
-  if name.split(":")[0] == "scene_parse150":  # ADE20K: image + label map
+  if base == "scene_parse150":  # ADE20K: image + label map
     from ebm_pretrain.data.segmentation import SceneParse
     return SceneParse(source)
   return source
