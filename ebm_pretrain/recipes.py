@@ -9,7 +9,7 @@ import ml_collections
 
 from ebm_pretrain import checkpoints, corruptions, models, objectives, tasks
 from ebm_pretrain.errors import ConfigError
-from ebm_pretrain.data import pipeline
+from ebm_pretrain.data import pipeline, segmentation
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -179,6 +179,11 @@ def segmentation_defaults() -> ml_collections.ConfigDict:
   c.layer_decay = 0.65
   c.label_smoothing = 0.0
   c.mixup.update(dict(mixup_alpha=0.0, cutmix_alpha=0.0))
+  # Image and label map together (data/segmentation.py); augment.flip is shared.
+  sa = segmentation.SegAugment()
+  c.augment.update(dict(randaug_ops=0, seg=ml_collections.ConfigDict(dict(
+      ratio_range=sa.ratio_range, base_aspect=sa.base_aspect, cat_max_ratio=sa.cat_max_ratio,
+      photometric=sa.photometric))))
   c.data.update(dict(name="scene_parse150", eval_split="validation", image_size=512,
                      eval_resize=0))
   c.batch_size = 16

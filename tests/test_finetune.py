@@ -45,6 +45,15 @@ def test_scratch_training_applies_no_layer_decay():
   assert load_config("demo_finetune").layer_decay == 0.75  # kept for the pretrained runs
 
 
+@pytest.mark.parametrize("config", ["tiny_finetune", "tiny_seg"])
+@pytest.mark.parametrize("decay", [0.0, 1.5])
+def test_layer_decay_outside_0_1_is_refused(config, decay):
+  c = load_config(config)
+  c.layer_decay = decay
+  with pytest.raises(errors.ConfigError, match=r"config.layer_decay: must be in \(0, 1\]"):
+    validate.validate(c, num_devices=1)
+
+
 def test_layer_decay_scales_each_update_by_its_multiplier():
   c = load_config("tiny_finetune")
   c.init = "a/pretraining"

@@ -147,6 +147,44 @@ def test_photometric_distortion_changes_pixels_never_labels():
   assert changed > 0
 
 
+def test_the_configs_segmentation_augmentation_reaches_the_decoder():
+  """``config.augment.seg`` (and the shared ``augment.flip``) is what the training
+  decode applies; values that cannot work are refused naming the field."""
+  import io
+  from PIL import Image
+  from ebm_pretrain import recipes
+  from ebm_pretrain.data import pipeline, segmentation as seg
+  from ebm_pretrain.errors import ConfigError
+  from ebm_pretrain.objectives.segmentation import SegmentationObjective
+  image, mask = _class_image(3)
+  png = io.BytesIO()
+  Image.fromarray(image).save(png, format="PNG")
+  element = {"image": png.getvalue(), "segmentation": mask}
+  c = recipes.segmentation_defaults()
+  c.augment.flip = False
+  c.augment.seg.update(ratio_range=(1.0, 1.0), photometric=False, cat_max_ratio=1.0)
+  augment = pipeline.Augment.from_config(c.augment)
+  want = seg.SegAugment(ratio_range=(1.0, 1.0), flip=False, photometric=False, cat_max_ratio=1.0)
+  assert augment.segmentation == want
+  decoded = [pipeline.decode_augment(element, image_size=32, channels=3, train=True,
+                                     rng=np.random.default_rng(s), augment=augment)
+             for s in range(6)]
+  for s, d in enumerate(decoded):
+    ref = seg.augment_pair(image, mask, 32, np.random.default_rng(s), want)
+    np.testing.assert_array_equal(d["image"], ref[0])
+    np.testing.assert_array_equal(d["mask"], ref[1])
+  default = [pipeline.decode_augment(element, image_size=32, channels=3, train=True,
+                                     rng=np.random.default_rng(s), augment=pipeline.Augment())
+             for s in range(6)]
+  assert any(not np.array_equal(a["mask"], b["mask"]) for a, b in zip(decoded, default))
+  for field, value in (("ratio_range", (2.0, 0.5)), ("cat_max_ratio", 0.0),
+                       ("base_aspect", 0.5)):
+    bad = recipes.segmentation_defaults()
+    bad.augment.seg[field] = value
+    with pytest.raises(ConfigError, match=f"augment.seg.{field}"):
+      SegmentationObjective.check(bad)
+
+
 def test_ade20k_labels_reduce_zero_to_ignore():
   from ebm_pretrain.data import segmentation as seg
   raw = np.array([[0, 1, 150]], np.uint8)

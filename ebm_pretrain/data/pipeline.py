@@ -98,12 +98,19 @@ class Augment:
   crop_scale: tuple[float, float] = CROP_SCALE
   flip: bool = True
   randaug: tuple[int, float, float] | None = None
+  # Images with label maps: a data.segmentation.SegAugment (None: its defaults).
+  segmentation: Any = None
 
   @classmethod
   def from_config(cls, a) -> "Augment":
-    """From ``config.augment`` (crop_scale, flip, randaug_ops/_magnitude/_std)."""
+    """From ``config.augment`` (crop_scale, flip, randaug_ops/_magnitude/_std, and
+    for segmentation its ``seg`` block)."""
     randaug = (a.randaug_ops, a.randaug_magnitude, a.randaug_std) if a.randaug_ops else None
-    return cls(crop_scale=tuple(a.crop_scale), flip=a.flip, randaug=randaug)
+    seg = None
+    if "seg" in a:
+      from ebm_pretrain.data import segmentation  # (it imports this module)
+      seg = segmentation.SegAugment.from_config(a)
+    return cls(crop_scale=tuple(a.crop_scale), flip=a.flip, randaug=randaug, segmentation=seg)
 
 
 def decode_augment(element: dict, *, image_size: int, channels: int, train: bool,
@@ -112,7 +119,8 @@ def decode_augment(element: dict, *, image_size: int, channels: int, train: bool
   if "segmentation" in element:  # an image with its label map: data/segmentation.py
     from ebm_pretrain.data import segmentation  # (it imports this module)
     return segmentation.decode_augment_segmentation(
-        element, image_size=image_size, channels=channels, train=train, rng=rng)
+        element, image_size=image_size, channels=channels, train=train, rng=rng,
+        augment=augment.segmentation)
   label = np.int32(element.get("label", -1))
   try:
     arr = decode_image(element["image"], channels)
@@ -212,12 +220,12 @@ def make_eval_dataset(source: Sequence[dict], *, batch_size: int, image_size: in
   ds = grain.MapDataset.source(source)[lo:hi].map(_EvalDecode(image_size, channels, resize_to))
   # Every process yields the same number of batches (they run collectively).
   pad = max(1, math.ceil(per / batch_size)) * batch_size - len(ds)
-  blank = {"image": np.zeros((image_size, image_size, channels), np.uint8),
-           "label": np.int32(-1), "valid": np.bool_(False)}
-  if len(ds) and "mask" in ds[0]:  # segmentation batches carry label maps
-    from ebm_pretrain.data import segmentation
-    blank["mask"] = segmentation.blank(image_size, channels)[1]
   if pad:
+    blank = {"image": np.zeros((image_size, image_size, channels), np.uint8),
+             "label": np.int32(-1), "valid": np.bool_(False)}
+    if len(ds) and "segmentation" in source[lo]:  # batches carry label maps (undecoded check)
+      from ebm_pretrain.data import segmentation
+      blank["mask"] = segmentation.blank(image_size, channels)[1]
     ds = grain.MapDataset.concatenate([ds, grain.MapDataset.source([blank] * pad)])
   it = ds.batch(batch_size).to_iter_dataset()
   if num_workers > 0:

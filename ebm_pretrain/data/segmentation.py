@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from ebm_pretrain.data.pipeline import decode_image
+from ebm_pretrain.errors import fail
 
 IGNORE = 255
 
@@ -38,6 +39,23 @@ class SegAugment:
   cat_max_ratio: float = 0.75
   flip: bool = True
   photometric: bool = True
+
+  @classmethod
+  def from_config(cls, a) -> "SegAugment":
+    """From ``config.augment``: its ``seg`` block and the shared ``flip``."""
+    return cls(ratio_range=tuple(a.seg.ratio_range), base_aspect=a.seg.base_aspect,
+               cat_max_ratio=a.seg.cat_max_ratio, flip=a.flip, photometric=a.seg.photometric)
+
+  def check(self) -> None:
+    """Raises ConfigError naming the ``augment.seg`` field that cannot work."""
+    lo, hi = self.ratio_range
+    if not 0 < lo <= hi:
+      fail("augment.seg.ratio_range", f"must be 0 < low <= high, got {self.ratio_range}")
+    if self.base_aspect < 1:
+      fail("augment.seg.base_aspect", f"must be >= 1 (long side / crop), got {self.base_aspect}")
+    if not 0 < self.cat_max_ratio <= 1:
+      fail("augment.seg.cat_max_ratio", f"must be in (0, 1] (1: no retries), "
+           f"got {self.cat_max_ratio}")
 
 
 def _resize_pair(image: np.ndarray, mask: np.ndarray, hw: tuple[int, int]):
@@ -176,7 +194,7 @@ class GarmentScenes:
 
 def decode_augment_segmentation(element: dict, *, image_size: int, channels: int, train: bool,
                                 rng: np.random.Generator,
-                                augment: SegAugment = SegAugment()) -> dict:
+                                augment: SegAugment | None = None) -> dict:
   """``{"image", "segmentation"}`` -> ``{"image", "mask", "label", "valid"}``.
   Training: :func:`augment_pair`. Evaluation: the image resized to fit the
   ``image_size`` square, keeping its aspect ratio, and padded (unlabeled)."""
@@ -184,7 +202,7 @@ def decode_augment_segmentation(element: dict, *, image_size: int, channels: int
     image = decode_image(element["image"], channels)
     mask = decode_mask(element["segmentation"])
     if train:
-      image, mask = augment_pair(image, mask, image_size, rng, augment)
+      image, mask = augment_pair(image, mask, image_size, rng, augment or SegAugment())
     else:
       if image.shape[:2] != mask.shape:
         raise ValueError(f"image {image.shape[:2]} and label map {mask.shape} differ in size")

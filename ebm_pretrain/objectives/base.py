@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ebm_pretrain import checkpoints, models
+from ebm_pretrain.errors import fail
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -122,6 +123,12 @@ class Base:
   def default_evals(cls) -> dict[str, dict]:
     """``config.evals`` when the config leaves it empty."""
     return {}
+
+
+def check_layer_decay(config) -> None:
+  """The check every objective with ``lr_multipliers = layer_decay_multipliers`` runs."""
+  if not 0 < config.layer_decay <= 1:
+    fail("layer_decay", f"must be in (0, 1], got {config.layer_decay}")
 
 
 def layer_decay_multipliers(config, params):

@@ -10,11 +10,11 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ebm_pretrain.data.segmentation import IGNORE
+from ebm_pretrain.data.segmentation import IGNORE, SegAugment
 from ebm_pretrain.errors import fail
 from ebm_pretrain.models.upernet import SegmentationModel
 from ebm_pretrain.objectives.base import (DTYPES, Base, get_backbone,
-                                          layer_decay_multipliers)
+                                          check_layer_decay, layer_decay_multipliers)
 
 
 def pixel_weights(mask: jax.Array, valid: jax.Array) -> jax.Array:
@@ -37,8 +37,9 @@ class SegmentationObjective(Base):
     if not 2 <= config.num_classes < IGNORE:
       fail("num_classes", f"must be in [2, {IGNORE}) (label {IGNORE} is 'unlabeled'), "
            f"got {config.num_classes}")
-    if not 0 < config.layer_decay <= 1:
-      fail("layer_decay", f"must be in (0, 1], got {config.layer_decay}")
+    check_layer_decay(config)
+    if "seg" in config.augment:
+      SegAugment.from_config(config.augment).check()
 
   def init(self, rng, images):
     return self.model.init(rng, images)["params"]

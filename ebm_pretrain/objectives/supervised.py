@@ -15,7 +15,7 @@ from ebm_pretrain import mixing
 from ebm_pretrain.errors import fail
 from ebm_pretrain.energy import weighted_mean
 from ebm_pretrain.objectives.base import (DTYPES, Base, get_backbone,
-                                          layer_decay_multipliers)
+                                          check_layer_decay, layer_decay_multipliers)
 
 
 BATCHNORM_EPS = 1e-6  # the linear probe's BatchNorm (export folds it with the same eps)
@@ -55,8 +55,7 @@ class SupervisedObjective(Base):
   def check(cls, config) -> None:
     if config.num_classes < 2:
       fail("num_classes", f"must be >= 2, got {config.num_classes}")
-    if not 0 < config.layer_decay <= 1:
-      fail("layer_decay", f"must be in (0, 1], got {config.layer_decay}")
+    check_layer_decay(config)
     if not 0 <= config.label_smoothing < 1:
       fail("label_smoothing", f"must be in [0, 1), got {config.label_smoothing}")
 
