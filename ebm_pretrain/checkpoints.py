@@ -251,15 +251,18 @@ class TrainCheckpoints:
   (kept, not deleted) so that the run can save those steps again."""
 
   def __init__(self, workdir: str, *, keep: int, best_metric: str = "",
-               best_mode: str = "max", log=print):
+               best_mode: str = "max", timeout_s: int = 3600, log=print):
     root = fs.path(workdir)
     self.dir, self.root, self.log = root / "checkpoints", root, log
     self.best_metric, self.best = best_metric, None
+    self.timeout_s, self._writing, self._failed = int(timeout_s), {}, False
+    async_options = ocp.AsyncOptions(timeout_secs=self.timeout_s)
     try:
       self.manager = ocp.CheckpointManager(
           self.dir,
           options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                               enable_async_checkpointing=True),
+                                               enable_async_checkpointing=True,
+                                               async_options=async_options),
           item_handlers={"state": ocp.StandardCheckpointHandler(),
                          "data": grain.checkpoint.CheckpointHandler()})
       if best_metric:
@@ -267,7 +270,8 @@ class TrainCheckpoints:
             root / "best",
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=1, create=True, best_fn=lambda m: m[best_metric],
-                best_mode=best_mode, keep_checkpoints_without_metrics=False),
+                best_mode=best_mode, keep_checkpoints_without_metrics=False,
+                async_options=async_options),
             item_handlers={"state": ocp.StandardCheckpointHandler()})
     except ImportError as e:  # Orbax on gs:// asks google-cloud-storage about the bucket
       raise CheckpointError(f"cannot checkpoint to {self.dir}: {e}. Cloud workdirs need "
@@ -327,8 +331,28 @@ class TrainCheckpoints:
       raise NonFiniteStateError(
           f"the train state at step {step} is not finite ({len(bad)} arrays, e.g. "
           f"{', '.join(bad[:3])}): not saved. {self.divergence_advice()}")
-    self.manager.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)))
+    with self._async_write("checkpoints"):
+      self.manager.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)))
+    self._writing["checkpoints"] = step
+
+  @contextlib.contextmanager
+  def _async_write(self, where: str):
+    """Orbax raises the previous asynchronous write's TimeoutError at the next
+    save or wait: a CheckpointError (one line, exit 2) saying which step was
+    lost, what is intact and that a rerun resumes."""
+    try:
+      yield
+    except TimeoutError:
+      self._failed = True
+      done = sorted(int(p.name) for p in self.dir.iterdir() if p.name.isdigit())
+      raise CheckpointError(
+          f"writing step {self._writing.get(where)} to {self.root / where} did not finish "
+          f"within {self.timeout_s} s (config.checkpoint_timeout_s): the process was paused "
+          "(SIGSTOP, a suspended job) or the storage stalled. "
+          + (f"Steps {done} in {self.dir} are intact; rerun the same command to resume from "
+             f"step {done[-1]}." if done else "No earlier checkpoint; rerun to start again.")
+      ) from None
 
   def divergence_advice(self) -> str:
     """What is intact, and what to change, after a run diverged."""
@@ -345,13 +369,17 @@ class TrainCheckpoints:
     if not bool(all_finite(keep) if finite is None else finite):
       self.log(f"Not saving step {step} to best/: its parameters are not finite")
       return
-    self.best.save(step, metrics=metrics,
-                   args=ocp.args.Composite(state=ocp.args.StandardSave(keep)))
+    with self._async_write("best"):
+      self.best.save(step, metrics=metrics,
+                     args=ocp.args.Composite(state=ocp.args.StandardSave(keep)))
+    self._writing["best"] = step
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    with self._async_write("checkpoints"):
+      self.manager.wait_until_finished()
     if self.best is not None:
-      self.best.wait_until_finished()
+      with self._async_write("best"):
+        self.best.wait_until_finished()
 
   def reached_preemption(self, step: int) -> bool:
     return self.manager.reached_preemption(step)
@@ -360,6 +388,8 @@ class TrainCheckpoints:
     return self.best.best_step() if self.best is not None else None
 
   def close(self) -> None:
+    if self._failed:  # a write timed out: its CheckpointError is on its way up
+      return
     self.wait()
     self.manager.close()
     if self.best is not None:

@@ -104,6 +104,11 @@ def pretrain_defaults() -> ml_collections.ConfigDict:
   c.log_every = 50
   c.checkpoint_every = 1000
   c.keep_checkpoints = 3
+  # How long an asynchronous checkpoint write may take before the run stops with
+  # a CheckpointError (Orbax: 10 minutes). Its clock runs while the process is
+  # paused (SIGSTOP, a suspended job), so a pause mid-write longer than this ends
+  # the run (rerun to resume); shorter pauses are survived.
+  c.checkpoint_timeout_s = 3600
   c.image_every = 1000          # restoration grids (PNG + TensorBoard)
   c.image_count = 8
   c.eval_examples = 0           # > 0: held-out evaluation of that many images; -1: all

@@ -143,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           workdir, stale_after_s=config.lock_stale_seconds, log=log))
     ckpts = hold.enter_context(contextlib.closing(checkpoints.TrainCheckpoints(
         workdir, keep=config.keep_checkpoints, best_metric=config.best_metric,
-        best_mode=config.best_mode, log=log)))
+        best_mode=config.best_mode, timeout_s=config.checkpoint_timeout_s, log=log)))
     # A resumed run must train with the config its checkpoints were made with.
     workdir_lib.write_config(workdir, config, resuming_at=ckpts.manager.latest_step(),
                              write=primary, log=log)

@@ -37,7 +37,7 @@ def validate(config, num_devices: int, process_count: int = 1) -> None:
     fail("data.mean", f"mean/std need {config.data.channels} values (data.channels)")
   if config.total_steps < 0 or config.total_epochs <= 0 and config.total_steps == 0:
     fail("total_steps", "set total_steps > 0 or total_epochs > 0")
-  for f in ("log_every", "checkpoint_every", "image_every"):
+  for f in ("log_every", "checkpoint_every", "image_every", "checkpoint_timeout_s"):
     if config[f] < 1:
       fail(f, f"must be >= 1, got {config[f]}")
   if not 0 <= config.ema_decay < 1:

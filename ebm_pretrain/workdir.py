@@ -34,7 +34,7 @@ CONFIG_CHANGES_FILE = "config_changes.jsonl"
 MAY_CHANGE_ON_RESUME = (
     "log_every", "checkpoint_every", "keep_checkpoints", "image_every", "image_count",
     "eval_every", "eval_batch_size", "data.num_workers", "data.data_dir", "data.idx_dir",
-    "allow_config_change", "lock_stale_seconds", "stall_log_steps")
+    "allow_config_change", "lock_stale_seconds", "stall_log_steps", "checkpoint_timeout_s")
 
 
 class WorkdirError(RuntimeError):

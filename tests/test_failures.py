@@ -140,6 +140,46 @@ def test_no_readable_checkpoint_is_an_error_that_moves_nothing(tmp_path):
   assert not os.path.exists(os.path.join(wd, checkpoints.UNREADABLE_DIR))
 
 
+def _save_while_paused(root, timeout_s: int, pause_s: float):
+  """Saves steps 0, 1, 2 asynchronously; this process is stopped (SIGSTOP, as a
+  suspended job is) for ``pause_s`` while step 1 is being written."""
+  import grain
+  import jax.numpy as jnp
+  it = iter(grain.MapDataset.range(8).to_iter_dataset())
+  state = {"w": jnp.ones((64, 1024, 1024), jnp.float32)}  # 256 MB: writing outlasts the kill's arrival
+  ckpts = checkpoints.TrainCheckpoints(str(root), keep=3, timeout_s=timeout_s)
+  try:
+    ckpts.save(0, state, it, finite=True)
+    ckpts.wait()
+    ckpts.save(1, state, it, finite=True)
+    subprocess.Popen(["sh", "-c", f"kill -STOP {os.getpid()}; sleep {pause_s}; "
+                      f"kill -CONT {os.getpid()}"])
+    time.sleep(pause_s + 1)
+    ckpts.save(2, state, it, finite=True)
+  finally:
+    ckpts.close()
+  return sorted(os.listdir(os.path.join(root, "checkpoints")))
+
+
+def test_a_pause_mid_write_is_survived_up_to_the_checkpoint_timeout(tmp_path):
+  # Orbax's own limit is 10 minutes of wall time, paused or not; ours is config.checkpoint_timeout_s.
+  assert _save_while_paused(tmp_path / "short", timeout_s=60, pause_s=3) == ["0", "1", "2"]
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r"writing step 1 to .* did not finish within 1 s "
+                           r"\(config.checkpoint_timeout_s\): the process was paused .* "
+                           r"Steps \[0\] .* resume from step 0"):
+    _save_while_paused(tmp_path / "long", timeout_s=1, pause_s=3)
+  # What it leaves resumes: step 0 is intact.
+  import jax.numpy as jnp
+  import grain
+  it = iter(grain.MapDataset.range(8).to_iter_dataset())
+  abstract = {"w": jax.ShapeDtypeStruct((64, 1024, 1024), jnp.float32)}
+  again = checkpoints.TrainCheckpoints(str(tmp_path / "long"), keep=3)
+  step, state = again.restore(abstract, it)
+  again.close()
+  assert step == 0 and float(state["w"].min()) == 1.0
+
+
 # ----------------------------------------------------------------------------
 # 4. One run per workdir.
 # ----------------------------------------------------------------------------
