@@ -80,6 +80,36 @@ def test_grid_runs_resumes_after_a_kill_and_reports(tmp_path):
   assert readme.read_text() == f"intro\n<!-- claims:begin -->\n{claims}<!-- claims:end -->\nend\n"
 
 
+def test_the_test_split_run_reuses_the_validation_runs_pretrainings(tmp_path):
+  """``--pretrained_from``: the final test-split grid evaluates the validation
+  grid's pretrainings (the same runs) instead of repeating them, and refuses ones
+  made with another config or not finished."""
+  import pytest
+  from ebm_pretrain.errors import ConfigError
+  val, final = str(tmp_path / "val"), str(tmp_path / "test")
+  quiet = lambda *a, **k: None
+  study.run("configs/study/tiny.py:steps=4", val, "*/mixed/s0", log=quiet)
+  study.run("configs/study/tiny.py:steps=4,split=test", final, "[pk]*/mixed/s0", log=quiet,
+            pretrained_from=val)
+  reused = json.load(open(os.path.join(final, "cells", "pretrain__mixed__s0.json")))
+  source = json.load(open(os.path.join(val, "cells", "pretrain__mixed__s0.json")))
+  assert reused.pop("reused_from") == os.path.join(val, "cells", "pretrain__mixed__s0.json")
+  assert reused == source
+  assert not os.path.exists(os.path.join(final, "runs", "pretrain_mixed_s0"))
+  knn = json.load(open(os.path.join(final, "cells", "knn__mixed__s0.json")))
+  assert knn["config"]["data"]["eval_split"] == "test"
+  assert knn["evaluator"]["split"] == "test"
+  val_knn = json.load(open(os.path.join(val, "cells", "knn__mixed__s0.json")))
+  assert val_knn["evaluator"]["split"] == "holdout"
+  # Another pretraining config, or a pretraining the source has not finished: refused.
+  with pytest.raises(ConfigError, match="pretrain/mixed/s0 .* another config: total_steps: 4 -> 6"):
+    study.run("configs/study/tiny.py:steps=6,split=test", str(tmp_path / "other"),
+              "pretrain/mixed/s0", log=quiet, pretrained_from=val)
+  with pytest.raises(ConfigError, match="pretrain/mixed/s1 is not finished in"):
+    study.run("configs/study/tiny.py:steps=4,split=test", final, "knn/mixed/s1", log=quiet,
+              pretrained_from=val)
+
+
 def test_committed_results_regenerate_byte_for_byte_and_match_the_readme(tmp_path):
   """What `study report` makes of the committed cells is what is committed: the
   tables, the plots and the README's results and claims blocks."""

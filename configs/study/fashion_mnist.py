@@ -7,7 +7,11 @@ fine-tuning on 1% and 10% of the labels, a linear probe and kNN.
 
 5000 training images are held out (data.holdout) and every number is measured
 on them: the choices are made there. The final numbers: the same grid with
-``:split=test``, into another --out. 3 pretraining epochs (the README says how
+``:split=test``, into another --out, evaluating the same pretrainings:
+
+  python -m ebm_pretrain.study run --grid=configs/study/fashion_mnist.py:split=test --out=results/fashion_mnist_test --pretrained_from=results/fashion_mnist
+
+3 pretraining epochs (the README says how
 long that takes and why 3); ``:epochs=N`` changes it, ``:variant=S/4`` the
 ViT (a GPU's grid: ``:epochs=50,variant=S/4`` into another --out). The fine-tuning learning
 rate is searched (x0.3, x3) for scratch and the best pixel task on seed 0.

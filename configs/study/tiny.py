@@ -13,7 +13,7 @@ from ebm_pretrain.study import grid as study_grid
 
 
 def get_config(arg=None):
-  a = recipes.parse_arg(arg, steps=4)
+  a = recipes.parse_arg(arg, steps=4, split="holdout")
   g = ml_collections.ConfigDict()
   g.pretrain_config = "configs/tiny.py"
   g.pretrain_arg = f"steps={a.steps}"
@@ -22,7 +22,7 @@ def get_config(arg=None):
   g.methods = ml_collections.ConfigDict(dict(scratch="", mixed="mixed", pixels=study_grid.PIXELS))
   g.seeds = ml_collections.ConfigDict(dict(default=[0, 1], pixels=[0]))
   g.overrides = ml_collections.ConfigDict(dict(data=dict(num_examples=48, holdout=16,
-                                                         eval_split="holdout")))
+                                                         eval_split=a.split)))
   g.pretrain_overrides = ml_collections.ConfigDict(dict(checkpoint_every=2, eval_examples=16))
   g.method_overrides = ml_collections.ConfigDict()
   g.evals = ml_collections.ConfigDict(dict(

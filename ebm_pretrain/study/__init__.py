@@ -29,6 +29,8 @@ def main(argv: list[str]) -> None:
   r.add_argument("--grid", required=True)
   r.add_argument("--out", required=True)
   r.add_argument("--only", default="*")
+  r.add_argument("--pretrained_from", default="",
+                 help="another OUT whose finished pretrainings to evaluate (same configs)")
   rep = sub.add_parser("report")
   rep.add_argument("--out", required=True)
   rep.add_argument("--readme", default=None, help="also update this file's claims block")
@@ -37,7 +39,7 @@ def main(argv: list[str]) -> None:
   from ebm_pretrain.errors import CheckpointError, ConfigError
   try:
     if a.command == "run":
-      run(a.grid, a.out, a.only)
+      run(a.grid, a.out, a.only, pretrained_from=a.pretrained_from)
     print(report(a.out, getattr(a, "readme", None)))
   except (ConfigError, CheckpointError, DataSourceError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

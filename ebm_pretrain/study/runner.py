@@ -37,14 +37,41 @@ def speed(workdir: str, batch_size: int) -> dict:
               train_images=max((r["step"] for r in rows), default=0) * batch_size)
 
 
-class Runner:
+# Pretraining keys that only say where it is evaluated: a pretraining reused by a
+# grid that differs in them alone (the test-split run) is the same run.
+EVAL_ONLY_KEYS = ("data.eval_split",)
 
-  def __init__(self, grid, out: str):
-    self.grid, self.out = grid, out
+
+class Runner:
+  """``pretrained_from``: another OUT whose finished pretrainings this grid
+  evaluates instead of running its own (the final test-split run reuses the
+  validation run's: same configs but for ``EVAL_ONLY_KEYS``, checked)."""
+
+  def __init__(self, grid, out: str, pretrained_from: str = ""):
+    self.grid, self.out, self.pretrained_from = grid, out, pretrained_from
     self.runs = os.path.join(out, "runs")
 
   def pretrain_dir(self, method: str, seed: int) -> str:
-    return os.path.join(self.runs, f"pretrain_{method}_s{seed}")
+    runs = os.path.join(self.pretrained_from, "runs") if self.pretrained_from else self.runs
+    return os.path.join(runs, f"pretrain_{method}_s{seed}")
+
+  def reused_pretraining(self, cell: Cell) -> dict:
+    """The ``pretrained_from`` record of a pretraining cell, after checking that
+    it is finished and was made with this grid's config (a ConfigError otherwise)."""
+    from ebm_pretrain.errors import ConfigError
+    from ebm_pretrain.workdir import as_json, config_changes
+    src = os.path.join(self.pretrained_from, "cells", cell.file)
+    if not os.path.exists(src) or not os.path.isdir(self.pretrain_dir(cell.method, cell.seed)):
+      raise ConfigError(f"{cell.id} is not finished in {self.pretrained_from} (no {src} or "
+                        f"no run): run it there first, or run without --pretrained_from")
+    record = json.load(open(src))
+    changes = {k: v for k, v in config_changes(
+        record["config"], as_json(self._pretrain_config(cell.method, cell.seed))).items()
+               if k not in EVAL_ONLY_KEYS}
+    if changes:
+      raise ConfigError(f"{cell.id} in {self.pretrained_from} was made with another config: "
+                        + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
+    return dict(record, reused_from=src)
 
   def _pretrain_config(self, method: str, seed: int):
     task = self.grid.methods[method]
@@ -68,6 +95,8 @@ class Runner:
     e = g.evals[cell.eval]
     pretrained_method = g.methods[cell.method] not in ("", PIXELS)
     pre = self.pretrain_dir(cell.method, cell.seed) if pretrained_method else ""
+    if pre and self.pretrained_from:  # (checked here too: --only may leave its cell out)
+      self.reused_pretraining(Cell("pretrain", cell.method, cell.seed))
     if cell.kind == "finetune":
       arg = ",".join(filter(None, [e.arg, f"init={pre}" if pre else ""]))
       config = load_config_file(f"{g.finetune_config}:{arg}")
@@ -118,18 +147,22 @@ class _Pixels:
     return images.reshape(images.shape[0], -1)
 
 
-def run(grid_spec: str, out: str, only: str = "*", log=print) -> None:
+def run(grid_spec: str, out: str, only: str = "*", log=print, pretrained_from: str = "") -> None:
   grid = load_config_file(grid_spec)
   todo = [c for c in cells(grid) if fnmatch.fnmatch(c.id, only)]
   os.makedirs(os.path.join(out, "cells"), exist_ok=True)
   from ebm_pretrain import fs
   fs.write_text(os.path.join(out, "grid.json"),
                 json.dumps(dict(spec=grid_spec, **grid.to_dict()), indent=1, sort_keys=True))
-  runner, commit, spent, done_here = Runner(grid, out), _commit(), 0.0, 0
+  runner, commit, spent, done_here = Runner(grid, out, pretrained_from), _commit(), 0.0, 0
   for i, cell in enumerate(todo):
     path = os.path.join(out, "cells", cell.file)
     if os.path.exists(path):
       log(f"[{i + 1}/{len(todo)}] {cell.id}: done, skipped")
+      continue
+    if cell.kind == "pretrain" and pretrained_from:
+      fs.write_text(path, json.dumps(runner.reused_pretraining(cell), indent=1, sort_keys=True))
+      log(f"[{i + 1}/{len(todo)}] {cell.id}: reused from {pretrained_from}", flush=True)
       continue
     left = sum(not os.path.exists(os.path.join(out, "cells", c.file)) for c in todo[i:])
     eta = f", ETA {(spent / done_here) * left / 60:.0f} min" if done_here else ""
