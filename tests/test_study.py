@@ -110,6 +110,29 @@ def test_the_test_split_run_reuses_the_validation_runs_pretrainings(tmp_path):
               pretrained_from=val)
 
 
+def test_diagnostic_evaluations_get_their_own_table_and_no_say_in_the_claims(tmp_path):
+  out = tmp_path / "out"
+  (out / "cells").mkdir(parents=True)
+  grid = dict(evals=dict(knn=dict(kind="knn"), knn_flat=dict(kind="knn", pool="flat",
+                                                             diagnostic=True)),
+              claims=[dict(claim="c", method="a", than=["b"], kind="beats")])
+  (out / "grid.json").write_text(json.dumps(grid))
+  top1 = {("knn", "a"): 0.7, ("knn", "b"): 0.6, ("knn_flat", "a"): 0.5, ("knn_flat", "b"): 0.9}
+  for (ev, method), v in top1.items():
+    for seed in (0, 1):
+      record = dict(cell=dict(kind="knn", method=method, seed=seed, eval=ev), seed=seed,
+                    config=dict(data=dict(eval_split="holdout")),
+                    metrics={f"eval/{ev}_top1": v + 0.01 * seed})
+      (out / "cells" / f"{ev}__{method}__s{seed}.json").write_text(json.dumps(record))
+  table = study.report(str(out))
+  main, diagnostics = table.split("Frozen-feature diagnostics")
+  assert "| method | knn |" in main and "knn_flat" not in main
+  assert "| method | knn_flat |" in diagnostics and "| b | 90.50 ± 0.71 (2 seeds) |" in diagnostics
+  claims = open(out / "claims.md").read()
+  assert "| paper's claim | comparison | knn | at this scale |" in claims
+  assert "| c | a > b | +10.00 ± 0.71 holds | holds |" in claims
+
+
 def test_committed_results_regenerate_byte_for_byte_and_match_the_readme(tmp_path):
   """What `study report` makes of the committed cells is what is committed: the
   tables, the plots and the README's results and claims blocks."""

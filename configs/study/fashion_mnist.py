@@ -20,6 +20,7 @@ Results so far: results/fashion_mnist/table.md (README, "The study").
 import ml_collections
 
 from ebm_pretrain import recipes
+from ebm_pretrain.models import vit
 from ebm_pretrain.study import grid as study_grid
 
 
@@ -61,6 +62,13 @@ def get_config(arg=None):
           kind="finetune", arg=f"fraction={fraction}{model_arg}", methods=["scratch", "mixed"],
           seeds=[0],
           overrides=dict(optim=dict(base_lr=base_lr * factor)))
+  # Diagnostics (apart from the claims): which features do kNN and the probe read?
+  # The middle block's patch tokens averaged, and the final ones concatenated in
+  # patch order (keeping where each patch is, as the pixels do) instead of averaged.
+  depth = vit.decode_variant(a.variant or recipes.DEMO_MODELS["vit"][0])["depth"]
+  for kind, name in (("knn", "knn"), ("linear_probe", "probe")):
+    for tag, how in (("mid", dict(block=depth // 2 - 1)), ("flat", dict(pool="flat"))):
+      evals[f"{name}_{tag}"] = dict(evals[name], diagnostic=True, **how)
   g.evals = ml_collections.ConfigDict(evals)
   # The paper's claims, each as "method beats (or matches) each of than" on every
   # evaluation (the verdict rule: ebm_pretrain/study/report.py).

@@ -116,12 +116,42 @@ class Evaluator:
     raise NotImplementedError
 
 
+# The frozen-feature evaluators' (knn, linear_probe) choice of features: None and
+# "" read the model's own (objective.features); else a ViT's patch tokens of
+# ``block`` (None: the final ones), pooled by ``pool`` (gap | flat; "" = gap).
+FEATURE_OPTIONS = dict(block=None, pool="")
+POOLS = ("gap", "flat")
+
+
+def feature_options_problem(config, spec: dict) -> str | None:
+  """Why ``spec``'s block / pool cannot be read from this config's model, or None."""
+  block, pool = spec.get("block"), spec.get("pool", "")
+  if block is None and not pool:
+    return None
+  if pool and pool not in POOLS:
+    return f"pool={pool!r}; valid: {', '.join(POOLS)} ('' with block=None: the model's own)"
+  if config.model.name != "vit":
+    return f"block / pool read a ViT's patch tokens; model is {config.model.name!r}"
+  if block is not None:
+    from ebm_pretrain.models.vit import decode_variant
+    depth = decode_variant(config.model.variant)["depth"]
+    if not isinstance(block, int) or not -depth <= block < depth:
+      return f"block={block!r}: ViT {config.model.variant} has {depth} blocks"
+  return None
+
+
 def features(ev: Evaluator, params, model_state, split: str, examples: int):
   """(features [N, D], labels [N]) of the first ``examples`` (<= 0: all) of ``split``,
   as host numpy arrays on every process."""
   if ev._features is None:
+    block, pool = ev.spec.get("block"), ev.spec.get("pool", "")
+
     def f(params, model_state, batch):
-      return ev.objective.features(params, model_state, ev.normalized(batch)["image"])
+      images = ev.normalized(batch)["image"]
+      if block is None and not pool:
+        return ev.objective.features(params, model_state, images)
+      return ev.objective.token_features(params, model_state, images, block=block,
+                                         pool=pool or "gap")
     ev._features = jax.jit(f, out_shardings=ev.ctx.replicated)
   feats, labels = [], []
   replicate = jax.jit(lambda x: x, out_shardings=ev.ctx.replicated)

@@ -1,7 +1,8 @@
 """``knn``: k-nearest-neighbour top-1 of frozen backbone features (DINO's weighted
 kNN): cosine similarity, the k nearest training features vote for their class
 with weight exp(similarity / T). Options: ``k`` (20), ``temperature`` (0.07),
-``train_examples`` (the first N of ``data.split``; <= 0: all)."""
+``train_examples`` (the first N of ``data.split``; <= 0: all), ``block`` and
+``pool`` (a ViT's patch tokens instead of its pooled features: common.py)."""
 from __future__ import annotations
 
 import functools
@@ -10,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ebm_pretrain.evaluators.common import Evaluator, features
+from ebm_pretrain.evaluators.common import (FEATURE_OPTIONS, Evaluator,
+                                            feature_options_problem, features)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k"))
@@ -46,7 +48,11 @@ def knn_predict(train_features, train_labels, test_features, *, num_classes: int
 
 
 class KNN(Evaluator):
-  options = dict(k=20, temperature=0.07, train_examples=0)
+  options = dict(k=20, temperature=0.07, train_examples=0, **FEATURE_OPTIONS)
+
+  @classmethod
+  def check(cls, config, objective_cls, spec):
+    return feature_options_problem(config, spec)
 
   def run(self, params, model_state):
     s = self.spec

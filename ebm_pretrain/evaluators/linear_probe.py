@@ -5,7 +5,8 @@ standardised (train statistics) and a softmax regression with L2 penalty ``l2``
 is fitted full-batch by ``steps`` of Adam (lr ``lr``) in one compiled loop;
 seconds for tens of thousands of examples. It measures linear separability
 cheaply during training; the paper's protocol (MAE's BatchNorm + LARS probe
-with augmentation) is ``configs/linprobe_vit_*.py``."""
+with augmentation) is ``configs/linprobe_vit_*.py``. ``block`` and ``pool``: a
+ViT's patch tokens instead of its pooled features (common.py)."""
 from __future__ import annotations
 
 import functools
@@ -15,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ebm_pretrain.evaluators.common import Evaluator, features
+from ebm_pretrain.evaluators.common import (FEATURE_OPTIONS, Evaluator,
+                                            feature_options_problem, features)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
@@ -39,7 +41,11 @@ def fit_softmax(x, y, *, num_classes: int, steps: int, lr: float, l2: float):
 
 
 class LinearProbe(Evaluator):
-  options = dict(train_examples=0, steps=500, lr=0.01, l2=1e-4)
+  options = dict(train_examples=0, steps=500, lr=0.01, l2=1e-4, **FEATURE_OPTIONS)
+
+  @classmethod
+  def check(cls, config, objective_cls, spec):
+    return feature_options_problem(config, spec)
 
   def run(self, params, model_state):
     s = self.spec

@@ -273,7 +273,7 @@ class ViT(nn.Module):
 
   @nn.compact
   def __call__(self, images, *, train: bool = False, posemb=None, keep=None,
-               tokens: bool = False, pyramid: bool = False):
+               tokens: bool = False, pyramid: bool = False, block: int | None = None):
     """``posemb`` [B, K, width], if given, replaces the position embeddings of the
     patch tokens (patch sorting feeds the shuffled ones as the energy's input);
     ``keep`` [B, K] int keeps only those patch tokens (patch dropout, MAE's
@@ -282,7 +282,9 @@ class ViT(nn.Module):
     after ``encoder_norm`` instead of the pooled features (autoencoders).
     ``pyramid=True`` returns the patch-token maps [B, H/p, W/p, width] of four
     evenly spaced blocks (:func:`pyramid_blocks`: 3, 5, 7, 11 of ViT-B's 12, as
-    BEiT and MAE segment), for a segmentation neck to rescale."""
+    BEiT and MAE segment), for a segmentation neck to rescale. ``block=i``
+    returns the patch tokens [B, K, width] of block i (negative: from the end),
+    un-normed, for reading frozen features inside the network."""
     cfg = decode_variant(self.variant)
     if images.ndim != 4:
       raise ValueError(f"ViT expects images [B, H, W, C], got shape {images.shape}")
@@ -306,12 +308,17 @@ class ViT(nn.Module):
       x = jnp.concatenate([jnp.tile(cls.astype(self.dtype), (x.shape[0], 1, 1)), x], axis=1)
     encoder = Encoder(cfg["depth"], cfg["mlp_dim"], cfg["num_heads"], self.drop_path,
                       self.dtype, self.param_dtype, self.remat, name="Transformer")
+    first = 1 if self.pool == "tok" else 0  # the patch tokens start here
     if pyramid:
       if keep is not None:
         raise ValueError("pyramid=True needs every patch token (keep=None)")
       _, kept = encoder(x, not train, pyramid_blocks(cfg["depth"]))
-      first = 1 if self.pool == "tok" else 0
       return [k[:, first:].reshape(k.shape[0], gh, gw, width) for k in kept]
+    if block is not None:
+      if not -cfg["depth"] <= block < cfg["depth"]:
+        raise ValueError(f"block={block}: ViT {self.variant} has {cfg['depth']} blocks")
+      _, kept = encoder(x, not train, (block % cfg["depth"],))
+      return kept[0][:, first:]
     x = encoder(x, not train)
     if tokens:
       return x[:, 1:] if self.pool == "tok" else x

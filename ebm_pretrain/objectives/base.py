@@ -110,6 +110,16 @@ class Base:
     """Backbone features [B, D] (what kNN and linear probes read)."""
     return self.backbone.apply({"params": self.backbone_params(params)}, images)
 
+  def token_features(self, params, model_state, images, *, block: int | None, pool: str):
+    """A ViT backbone's patch tokens as features [B, D], in place of its own
+    pooled ones (the kNN / probe ``block`` and ``pool`` options): those of
+    ``block`` (None: the final, normed ones), averaged (``gap``) or concatenated
+    in patch order (``flat``, which keeps where each patch is)."""
+    bound = {"params": self.backbone_params(params)}
+    t = (self.backbone.apply(bound, images, tokens=True) if block is None else
+         self.backbone.apply(bound, images, block=block))
+    return t.mean(1) if pool == "gap" else t.reshape(t.shape[0], -1)
+
   def visualize(self, params, batch, rng, model_state=None) -> dict | None:
     """Named normalised images to draw side by side (``pictures.grid``), or None
     (nothing to draw); ``model_state``: the trainer's (BatchNorm statistics)."""

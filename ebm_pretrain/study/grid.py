@@ -7,7 +7,8 @@ linear probe only}),
 ``method_overrides`` ({method: config overrides}, e.g. N), ``seeds`` ({method:
 [seeds]}, ``default`` for the rest), ``evals`` ({name: dict(kind=finetune|knn|
 linear_probe, ...)}; ``methods=[...]`` / ``seeds=[...]`` restrict one to some
-cells, e.g. a learning-rate search), the base configs and the overrides every
+cells, e.g. a learning-rate search; ``diagnostic=True`` reports one apart from the
+claims), the base configs and the overrides every
 run gets, and for the report ``claims`` (the paper's claims as comparisons of
 two methods) and ``n_sweep`` ({method: N} for the accuracy-vs-N plot).
 """
@@ -20,7 +21,9 @@ import os
 from ebm_pretrain.trees import dotted
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EVAL_FILTERS = ("methods", "seeds")  # grid-level keys of an eval, not evaluator options
+# Grid-level keys of an eval, not evaluator options; ``diagnostic=True``: reported
+# in a table of its own, not as evidence for the claims.
+EVAL_FILTERS = ("methods", "seeds", "diagnostic")
 PIXELS = "=pixels"
 FEATURE_EVALS = ("knn", "linear_probe")
 

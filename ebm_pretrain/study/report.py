@@ -128,9 +128,12 @@ def report(out: str, readme: str | None = None) -> str:
   rows, grid = records(out), read_grid(out)
   s = summary(rows)
   evals = sorted(s)
-  # Evaluations restricted to some methods (a learning-rate search) get a table of their own.
-  searches = [e for e in evals if grid.get("evals", {}).get(e, {}).get("methods")]
-  main_evals = [e for e in evals if e not in searches]
+  # Evaluations restricted to some methods (a learning-rate search), and diagnostics,
+  # get tables of their own and are not evidence for the claims.
+  spec = lambda e: grid.get("evals", {}).get(e, {})
+  diagnostics = [e for e in evals if spec(e).get("diagnostic")]
+  searches = [e for e in evals if spec(e).get("methods") and e not in diagnostics]
+  main_evals = [e for e in evals if e not in searches and e not in diagnostics]
   methods = sorted({m for ms in s.values() for m in ms})
   split = sorted({r["config"]["data"]["eval_split"] for r in rows
                   if r["cell"]["kind"] != "pretrain"})
@@ -139,6 +142,11 @@ def report(out: str, readme: str | None = None) -> str:
   if searches:
     lines += ["", "Learning-rate search (the fine-tuning lr scaled; top-1 %):", ""]
     lines += _top1_lines(s, searches, [m for m in methods if any(m in s[e] for e in searches)])
+  if diagnostics:
+    lines += ["", "Frozen-feature diagnostics (which features kNN and the probe read; "
+              "top-1 %):", ""]
+    lines += _top1_lines(s, diagnostics,
+                         [m for m in methods if any(m in s[e] for e in diagnostics)])
   top1_table = "\n".join(lines) + "\n"
   pre = sorted((r for r in rows if r["cell"]["kind"] == "pretrain"),
                key=lambda r: (r["cell"]["method"], r["seed"]))

@@ -134,8 +134,12 @@ class Runner:
     spec.update(type=cell.kind, every=0, prefix="eval", split=config.data.eval_split,
                 batch_size=max(n, spec.get("batch_size", 500) // n * n))
     spec.setdefault("examples", -1)
-    ev = evaluators.get_class(cell.kind)(cell.eval, spec, config, objective,
-                                         evaluators.Context.local())
+    cls = evaluators.get_class(cell.kind)
+    problem = cls.check(config, type(objective), dict(cls.options, **spec))
+    if problem:
+      from ebm_pretrain.errors import ConfigError
+      raise ConfigError(f"grid eval {cell.eval}: {cell.kind} {problem}")
+    ev = cls(cell.eval, spec, config, objective, evaluators.Context.local())
     return dict(config=config.to_dict(), metrics=ev(params, state), evaluator=spec)
 
 
@@ -145,6 +149,10 @@ class _Pixels:
 
   def features(self, params, model_state, images):
     return images.reshape(images.shape[0], -1)
+
+  def token_features(self, params, model_state, images, *, block, pool):
+    """(No tokens: the pixels in every diagnostic column, for reference.)"""
+    return self.features(params, model_state, images)
 
 
 def run(grid_spec: str, out: str, only: str = "*", log=print, pretrained_from: str = "") -> None:
