@@ -78,5 +78,6 @@ def test_an_evaluator_that_cannot_work_is_a_config_error(tmp_path):
   with pytest.raises(errors.ConfigError, match="config.evals.acc: top1 needs objective=supervised"):
     validate.validate(c, num_devices=1)
   c = _tiny(evals=ml_collections.ConfigDict({"k": dict(type="knn", neighbours=5)}))
-  with pytest.raises(errors.ConfigError, match=r"config.evals.k: \['neighbours'\]: knn takes k,"):
+  with pytest.raises(errors.ConfigError,
+                     match=r"config.evals.k: \['neighbours'\]: knn takes block, k, pool,"):
     validate.validate(c, num_devices=1)
