@@ -123,11 +123,16 @@ FEATURE_OPTIONS = dict(block=None, pool="")
 POOLS = ("gap", "flat")
 
 
+def reads_own_features(spec: dict) -> bool:
+  """Whether ``spec`` asks for the model's own features (no block, no pool)."""
+  return spec.get("block") is None and not spec.get("pool", "")
+
+
 def feature_options_problem(config, spec: dict) -> str | None:
   """Why ``spec``'s block / pool cannot be read from this config's model, or None."""
-  block, pool = spec.get("block"), spec.get("pool", "")
-  if block is None and not pool:
+  if reads_own_features(spec):
     return None
+  block, pool = spec.get("block"), spec.get("pool", "")
   if pool and pool not in POOLS:
     return f"pool={pool!r}; valid: {', '.join(POOLS)} ('' with block=None: the model's own)"
   if config.model.name != "vit":
@@ -144,11 +149,11 @@ def features(ev: Evaluator, params, model_state, split: str, examples: int):
   """(features [N, D], labels [N]) of the first ``examples`` (<= 0: all) of ``split``,
   as host numpy arrays on every process."""
   if ev._features is None:
-    block, pool = ev.spec.get("block"), ev.spec.get("pool", "")
+    own, block, pool = reads_own_features(ev.spec), ev.spec.get("block"), ev.spec.get("pool", "")
 
     def f(params, model_state, batch):
       images = ev.normalized(batch)["image"]
-      if block is None and not pool:
+      if own:
         return ev.objective.features(params, model_state, images)
       return ev.objective.token_features(params, model_state, images, block=block,
                                          pool=pool or "gap")
