@@ -62,7 +62,7 @@ def _seconds(fn: Callable[[], Any]) -> float:
   return time.perf_counter() - t
 
 
-def _time_interleaved(fns: dict[str, Callable[[], Any]], steps: int) -> dict[str, float]:
+def time_interleaved(fns: dict[str, Callable[[], Any]], steps: int) -> dict[str, float]:
   """Median seconds of each function over ``steps`` rounds, one call of each per
   round: a drift in the machine's speed (other jobs, clocks) then hits every
   measurement alike, so their ratios hold even when absolute times move."""
@@ -169,6 +169,34 @@ def _random_batch(config):
           "valid": jnp.ones((b,), bool)}
 
 
+def compiled_train_step(objective, schedule) -> tuple[Callable[[], Any], float, float | None,
+                                                        float | None]:
+  """(one, compile_s, flops, xla_memory_bytes): ``one()`` runs one training step
+  of ``objective`` (its config's batch, random images) from a fresh state that it
+  carries from call to call, as the trainer does."""
+  import jax
+  import jax.numpy as jnp
+  from ebm_pretrain import optim, train
+  c = objective.config
+  batch = _random_batch(c)
+  dummy = jnp.zeros((1, c.data.image_size, c.data.image_size, c.data.channels), jnp.float32)
+  params = objective.init(jax.random.PRNGKey(0), dummy)
+  tx = optim.make_optimizer(c, params, objective, schedule)
+  state = {"params": params,
+           "model_state": objective.init_model_state(jax.random.PRNGKey(0), dummy),
+           "opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
+           "rng": jax.random.PRNGKey(1)}
+  step_fn = jax.jit(train.make_train_step(objective, tx, schedule, c.data.mean, c.data.std),
+                    donate_argnums=(0,))
+  compiled, compile_s, flops, mem = _compiled(step_fn, state, batch)
+  holder = {"state": state}
+
+  def one():
+    holder["state"], m = compiled(holder["state"], batch)
+    return m["loss"]
+  return one, compile_s, flops, mem
+
+
 def measure_steps(config, steps: int, matmul_size: int, variants: dict | None = None,
                   reference: str = "none") -> dict[str, dict[str, float]]:
   """Times the three steps; ``variants`` ({name: config}) add energy steps,
@@ -176,7 +204,7 @@ def measure_steps(config, steps: int, matmul_size: int, variants: dict | None = 
   (``torch_energy_step``, ``torch_supervised_step``)."""
   import jax
   import jax.numpy as jnp
-  from ebm_pretrain import objectives, optim, recipes, train
+  from ebm_pretrain import objectives, recipes
   from ebm_pretrain.data import normalization
 
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(config.dtype, jnp.float32)
@@ -199,24 +227,7 @@ def measure_steps(config, steps: int, matmul_size: int, variants: dict | None = 
     calls[name], batch_sizes[name] = fn, batch_size
 
   def prepare_objective(name: str, objective) -> None:
-    c = objective.config
-    batch = _random_batch(c)
-    dummy = jnp.zeros((1, c.data.image_size, c.data.image_size, c.data.channels), jnp.float32)
-    params = objective.init(jax.random.PRNGKey(0), dummy)
-    tx = optim.make_optimizer(objective.config, params, objective, schedule)
-    state = {"params": params,
-             "model_state": objective.init_model_state(jax.random.PRNGKey(0), dummy),
-             "opt": tx.init(params), "step": jnp.zeros((), jnp.int32),
-             "rng": jax.random.PRNGKey(1)}
-    step_fn = jax.jit(train.make_train_step(objective, tx, schedule, c.data.mean, c.data.std),
-                      donate_argnums=(0,))
-    compiled, compile_s, flops, mem = _compiled(step_fn, state, batch)
-    holder = {"state": state}
-
-    def one():
-      holder["state"], m = compiled(holder["state"], batch)
-      return m["loss"]
-    prepare(name, one, compile_s, flops, mem, c.batch_size)
+    prepare(name, *compiled_train_step(objective, schedule), objective.config.batch_size)
 
   # In order of growing memory, so that each RSS peak is mostly the step's own.
   # Forward: the energy model's forward pass (backbone + linear head).
@@ -245,7 +256,7 @@ def measure_steps(config, steps: int, matmul_size: int, variants: dict | None = 
       prepare(f"torch_{name}", fn, torch_ref.first_call_s[name], results[name]["flops"], None)
       results[f"torch_{name}"].update(torch_ref.info, rss_peak_mib=None)
 
-  for name, step_s in _time_interleaved(calls, steps).items():
+  for name, step_s in time_interleaved(calls, steps).items():
     results[name]["step_s"] = step_s
   if torch_ref:
     torch_ref.close()

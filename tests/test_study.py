@@ -89,6 +89,9 @@ def test_the_test_split_run_reuses_the_validation_runs_pretrainings(tmp_path):
   val, final = str(tmp_path / "val"), str(tmp_path / "test")
   quiet = lambda *a, **k: None
   study.run("configs/study/tiny.py:steps=4", val, "*/mixed/s0", log=quiet)
+  cost = json.dumps(dict(methods=dict(mixed=dict(batch_size=8, step_s=0.5))))
+  with open(os.path.join(val, "cost.json"), "w") as f:
+    f.write(cost)  # (study cost's): the reused pretrainings' step times come along
   study.run("configs/study/tiny.py:steps=4,split=test", final, "[pk]*/mixed/s0", log=quiet,
             pretrained_from=val)
   reused = json.load(open(os.path.join(final, "cells", "pretrain__mixed__s0.json")))
@@ -96,6 +99,7 @@ def test_the_test_split_run_reuses_the_validation_runs_pretrainings(tmp_path):
   assert reused.pop("reused_from") == os.path.join(val, "cells", "pretrain__mixed__s0.json")
   assert reused == source
   assert not os.path.exists(os.path.join(final, "runs", "pretrain_mixed_s0"))
+  assert open(os.path.join(final, "cost.json")).read() == cost
   knn = json.load(open(os.path.join(final, "cells", "knn__mixed__s0.json")))
   assert knn["config"]["data"]["eval_split"] == "test"
   assert knn["evaluator"]["split"] == "test"
@@ -131,6 +135,28 @@ def test_diagnostic_evaluations_get_their_own_table_and_no_say_in_the_claims(tmp
   claims = open(out / "claims.md").read()
   assert "| paper's claim | comparison | knn | at this scale |" in claims
   assert "| c | a > b | +10.00 ± 0.71 holds | holds |" in claims
+
+
+def test_cost_times_every_pretraining_in_one_process_and_the_report_uses_it(tmp_path):
+  """``study cost``: one step of each pretraining method (not scratch, not the
+  pixels) compiled from its cells' config and timed in the same rounds; the
+  report then puts a pretraining at its steps x its method's step time."""
+  from ebm_pretrain.study import cost, plots
+  grid = study.load_config_file(GRID)
+  grid.methods.mixed_n3 = "mixed"
+  grid.method_overrides.mixed_n3 = dict(inner_steps=3)
+  out = str(tmp_path / "out")
+  record = cost.measure(grid, out, rounds=2, grid_spec="tiny + mixed_n3")
+  assert json.load(open(os.path.join(out, "cost.json"))) == json.loads(json.dumps(record))
+  m = record["methods"]
+  assert sorted(m) == ["mixed", "mixed_n3"]
+  assert all(v["step_s"] > 0 and v["batch_size"] == 8 and v["objective"] == "energy"
+             for v in m.values())
+  # The step each is timed with is its own: N = 3 restores three times.
+  assert m["mixed_n3"]["flops"] > 1.3 * m["mixed"]["flops"]
+  run = dict(cell=dict(method="mixed_n3"), train_images=80, img_per_s=1.0, wall_s=1.0)
+  assert plots.pretraining_minutes(run, cost.load(out)) == 10 * m["mixed_n3"]["step_s"] / 60
+  assert plots.pretraining_minutes(run, {}) == 80 / 60  # no cost.json: its own speed
 
 
 def test_committed_results_regenerate_byte_for_byte_and_match_the_readme(tmp_path):

@@ -4,6 +4,10 @@ fine-tuning on 1% and 10% of the labels, a linear probe and kNN.
 
   python -m ebm_pretrain.study run --grid=configs/study/fashion_mnist.py --out=results/fashion_mnist
   python -m ebm_pretrain.study report --out=results/fashion_mnist
+  python -m ebm_pretrain.study cost --grid=configs/study/fashion_mnist.py --out=results/fashion_mnist
+
+(``cost``: every pretraining's step timed in one process, on idle cores: the
+report's pretraining times.)
 
 5000 training images are held out (data.holdout) and every number is measured
 on them: the choices are made there. The final numbers: the same grid with

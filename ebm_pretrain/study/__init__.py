@@ -3,11 +3,13 @@ cell by cell (resumable), and a report made from the cells' JSON alone.
 
   python -m ebm_pretrain.study run --grid=configs/study/fashion_mnist.py --out=results/fashion_mnist
   python -m ebm_pretrain.study report --out=results/fashion_mnist [--readme=README.md]
+  python -m ebm_pretrain.study cost --grid=configs/study/fashion_mnist.py --out=results/fashion_mnist
 
 ``grid.py``: what a grid config holds and its cells; ``runner.py``: running them
 (``--only=PATTERN``, fnmatch on the cell id, runs a subset; a finished cell is
 skipped, an interrupted one resumes); ``report.py``: the tables and the claims;
-``plots.py``: the figures.
+``plots.py``: the figures; ``cost.py``: every pretraining's step timed in one
+process, the report's pretraining times.
 """
 from __future__ import annotations
 
@@ -31,6 +33,10 @@ def main(argv: list[str]) -> None:
   r.add_argument("--only", default="*")
   r.add_argument("--pretrained_from", default="",
                  help="another OUT whose finished pretrainings to evaluate (same configs)")
+  c = sub.add_parser("cost")
+  c.add_argument("--grid", required=True)
+  c.add_argument("--out", required=True)
+  c.add_argument("--rounds", type=int, default=10, help="interleaved rounds timed (median)")
   rep = sub.add_parser("report")
   rep.add_argument("--out", required=True)
   rep.add_argument("--readme", default=None, help="also update this file's claims block")
@@ -40,6 +46,9 @@ def main(argv: list[str]) -> None:
   try:
     if a.command == "run":
       run(a.grid, a.out, a.only, pretrained_from=a.pretrained_from)
+    elif a.command == "cost":
+      from ebm_pretrain.study import cost
+      cost.measure(load_config_file(a.grid), a.out, a.rounds, grid_spec=a.grid)
     print(report(a.out, getattr(a, "readme", None)))
   except (ConfigError, CheckpointError, DataSourceError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)

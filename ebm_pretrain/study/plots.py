@@ -137,23 +137,29 @@ def top1_vs_n(s: dict, evals: list[str], n_sweep: dict[str, int], path: str) -> 
             "N (restoration steps)", draw)
 
 
-def pretraining_minutes(record: dict) -> float:
-  """A pretraining's time at its own median speed (``runner.speed``): robust to a
-  pause or a busy neighbour, unlike its wall time (the fallback)."""
+def pretraining_minutes(record: dict, cost: dict) -> float:
+  """A pretraining's time: its steps x its method's step time in ``cost``
+  (``OUT/cost.json``: every method's step timed in one process, so the methods
+  compare whatever else ran during their hours); without one, its images over
+  its own median speed (``runner.speed``), robust to a pause but not to a
+  neighbour sharing the cores; without that, its wall time."""
+  c = cost.get(record["cell"]["method"])
+  if c and record.get("train_images"):
+    return record["train_images"] / c["batch_size"] * c["step_s"] / 60
   if record.get("train_images") and record.get("img_per_s"):
     return record["train_images"] / record["img_per_s"] / 60
   return record["wall_s"] / 60
 
 
-def top1_vs_wall(s: dict, evals: list[str], pretrainings: list[dict], path: str) -> None:
+def top1_vs_wall(s: dict, evals: list[str], pretrainings: list[dict], cost: dict,
+                 path: str) -> None:
   """Top-1 against the pretraining's minutes (``pretraining_minutes``, mean over
   seeds), one point per method, coloured by family: the small-scale analogue of
-  the paper's cost comparisons (Tables 4-5). Figures from different machines or
-  sessions are only roughly comparable."""
+  the paper's cost comparisons (Tables 4-5)."""
   wall: dict[str, list[float]] = {}
   family: dict[str, str] = {}
   for r in pretrainings:
-    wall.setdefault(r["cell"]["method"], []).append(pretraining_minutes(r))
+    wall.setdefault(r["cell"]["method"], []).append(pretraining_minutes(r, cost))
     family[r["cell"]["method"]] = FAMILY.get(r["config"]["objective"], r["config"]["objective"])
 
   def draw(ax, e):
@@ -164,5 +170,6 @@ def top1_vs_wall(s: dict, evals: list[str], pretrainings: list[dict], path: str)
                   label=None if f in seen else f)
       ax.annotate(m, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
       seen.add(f)
-  _per_eval(s, [e for e in evals if any(m in s[e] for m in wall)], path,
-            "pretraining time at its median speed (min)", draw)
+  xlabel = ("pretraining time: steps x step time of cost.json (min)" if cost
+            else "pretraining time at its median speed (min)")
+  _per_eval(s, [e for e in evals if any(m in s[e] for m in wall)], path, xlabel, draw)

@@ -16,6 +16,7 @@ import os
 
 import numpy as np
 
+from ebm_pretrain.study import cost as study_cost
 from ebm_pretrain.study import plots
 
 VERDICT_SE = 2.0  # standard errors a difference must clear
@@ -150,16 +151,23 @@ def report(out: str, readme: str | None = None) -> str:
   top1_table = "\n".join(lines) + "\n"
   pre = sorted((r for r in rows if r["cell"]["kind"] == "pretrain"),
                key=lambda r: (r["cell"]["method"], r["seed"]))
+  cost = study_cost.load(out)
   if pre:
-    lines += ["", "| pretraining | objective | N | epochs | seed | wall (min) | img/s "
-              "| time at that speed (min) | final loss |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += ["", "| pretraining | objective | N | epochs | seed | wall (min) | img/s (median) "
+              "| step (ms, cost.json) | time (min) | final loss |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in pre:
+      c = cost.get(r["cell"]["method"])
+      step_ms = f"{1000 * c['step_s']:.0f}" if c else "-"
       lines.append(f"| {r['cell']['method']} | {r['config']['objective']} | "
                    f"{plots.inner_steps(r)} | {r['config']['total_epochs']:g} | {r['seed']} | "
-                   f"{r['wall_s'] / 60:.1f} | "
-                   f"{r['img_per_s'] or 0:.0f} | {plots.pretraining_minutes(r):.1f} | "
+                   f"{r['wall_s'] / 60:.1f} | {r['img_per_s'] or 0:.0f} | "
+                   f"{step_ms} | "
+                   f"{plots.pretraining_minutes(r, cost):.1f} | "
                    f"{r['metrics'].get('loss', float('nan')):.4f} |")
+    lines += ["", "Time: the run's steps × its method's step time measured in one process "
+              "(`study cost`, cost.json)." if cost else
+              "Time: the run's images over its median img/s (no cost.json: `study cost`)."]
   claims = claims_table(s, main_evals, grid.get("claims", []))
   if claims:
     lines += ["", "Claims (difference in top-1 points ± its standard error; the verdict rule "
@@ -170,7 +178,7 @@ def report(out: str, readme: str | None = None) -> str:
   plots.top1(s, main_evals, methods, os.path.join(out, "top1.png"))
   plots.psnr_per_step(pre, os.path.join(out, "psnr_steps.png"))
   plots.top1_vs_n(s, main_evals, grid.get("n_sweep", {}), os.path.join(out, "top1_vs_n.png"))
-  plots.top1_vs_wall(s, main_evals, pre, os.path.join(out, "top1_vs_wall.png"))
+  plots.top1_vs_wall(s, main_evals, pre, cost, os.path.join(out, "top1_vs_wall.png"))
   if readme:
     _replace_blocks(readme, {"results": top1_table, "claims": claims})
   return table

@@ -163,6 +163,10 @@ def run(grid_spec: str, out: str, only: str = "*", log=print, pretrained_from: s
   fs.write_text(os.path.join(out, "grid.json"),
                 json.dumps(dict(spec=grid_spec, **grid.to_dict()), indent=1, sort_keys=True))
   runner, commit, spent, done_here = Runner(grid, out, pretrained_from), _commit(), 0.0, 0
+  # The pretrainings' step times (study cost) come with them.
+  source_cost = os.path.join(pretrained_from, "cost.json")
+  if pretrained_from and os.path.exists(source_cost):
+    fs.write_text(os.path.join(out, "cost.json"), open(source_cost).read())
   for i, cell in enumerate(todo):
     path = os.path.join(out, "cells", cell.file)
     if os.path.exists(path):
