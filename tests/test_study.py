@@ -182,7 +182,7 @@ def test_a_larger_grid_is_an_argument_not_a_change():
   scratch fine-tunings through the grid's argument alone."""
   grid = study.load_config_file("configs/study/fashion_mnist.py:epochs=50,variant=S/4")
   runner = study.Runner(grid, "/nonexistent")
-  pre = runner._pretrain_config("mixed", 0)
+  pre = runner.pretrain_config("mixed", 0)
   assert (pre.model.variant, pre.total_epochs, pre.data.holdout) == ("S/4", 50, 5000)
   for name in ("ft_1pct", "ft_10pct_lrx3"):
     ft = study.load_config_file(f"{grid.finetune_config}:{grid.evals[name].arg}")

@@ -39,7 +39,7 @@ def measure(grid, out: str, rounds: int = 10, grid_spec: str = "") -> dict:
   load_before = os.getloadavg()
   calls, methods = {}, {}
   for m in pretrained_methods(grid):
-    config = runner._pretrain_config(m, 0)
+    config = runner.pretrain_config(m, 0)
     one, compile_s, flops, _ = benchmark.compiled_train_step(
         objectives.get(config), lambda step, lr=config.optim.base_lr: lr)
     jax.block_until_ready(one())  # warm-up

@@ -66,14 +66,16 @@ class Runner:
                         f"no run): run it there first, or run without --pretrained_from")
     record = json.load(open(src))
     changes = {k: v for k, v in config_changes(
-        record["config"], as_json(self._pretrain_config(cell.method, cell.seed))).items()
+        record["config"], as_json(self.pretrain_config(cell.method, cell.seed))).items()
                if k not in EVAL_ONLY_KEYS}
     if changes:
       raise ConfigError(f"{cell.id} in {self.pretrained_from} was made with another config: "
                         + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     return dict(record, reused_from=src)
 
-  def _pretrain_config(self, method: str, seed: int):
+  def pretrain_config(self, method: str, seed: int):
+    """The config ``method``'s pretraining (or, for scratch and the pixels, its
+    random-init features) runs with at ``seed``."""
     task = self.grid.methods[method]
     task = self.grid.scratch_task if task in ("", PIXELS) else task
     c = load_config_file(f"{self.grid.pretrain_config}:{self.grid.pretrain_arg},task={task}")
@@ -87,7 +89,7 @@ class Runner:
     from ebm_pretrain import train
     g = self.grid
     if cell.kind == "pretrain":
-      config, workdir = self._pretrain_config(cell.method, cell.seed), self.pretrain_dir(
+      config, workdir = self.pretrain_config(cell.method, cell.seed), self.pretrain_dir(
           cell.method, cell.seed)
       _, metrics = train.train_and_evaluate(config, workdir)
       return dict(config=config.to_dict(), metrics=metrics,
@@ -119,10 +121,10 @@ class Runner:
       config, objective, params, state = model.config, model.objective, model.params, \
           model.model_state
     elif self.grid.methods[cell.method] == PIXELS:
-      config, objective, params, state = self._pretrain_config(cell.method, cell.seed), \
+      config, objective, params, state = self.pretrain_config(cell.method, cell.seed), \
           _Pixels(), {}, {}
     else:  # the features of a freshly initialised model of the pretraining config
-      config = self._pretrain_config(cell.method, cell.seed)
+      config = self.pretrain_config(cell.method, cell.seed)
       objective = objectives.get(config)
       d = config.data
       params = objective.init(jax.random.PRNGKey(config.seed),
