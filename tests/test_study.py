@@ -157,6 +157,17 @@ def test_cost_times_every_pretraining_in_one_process_and_the_report_uses_it(tmp_
   run = dict(cell=dict(method="mixed_n3"), train_images=80, img_per_s=1.0, wall_s=1.0)
   assert plots.pretraining_minutes(run, cost.load(out)) == 10 * m["mixed_n3"]["step_s"] / 60
   assert plots.pretraining_minutes(run, {}) == 80 / 60  # no cost.json: its own speed
+  # A method the cost was not measured for is named in the report, not mixed in silently.
+  (tmp_path / "out" / "cells").mkdir()
+  for method in ("mixed", "sorting"):
+    record = dict(cell=dict(kind="pretrain", method=method, seed=0, eval=""), seed=0,
+                  wall_s=60.0, img_per_s=10.0, train_images=80, metrics=dict(loss=0.1),
+                  config=dict(objective="energy", total_epochs=1, inner_steps=2,
+                              data=dict(eval_split="holdout")))
+    (tmp_path / "out" / "cells" / f"pretrain__{method}__s0.json").write_text(json.dumps(record))
+  table = study.report(out)
+  assert f"| {1000 * m['mixed']['step_s']:.0f} |" in table
+  assert "at their own median speed until `study cost` is rerun: sorting." in table
 
 
 def test_committed_results_regenerate_byte_for_byte_and_match_the_readme(tmp_path):

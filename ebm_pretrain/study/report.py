@@ -165,9 +165,13 @@ def report(out: str, readme: str | None = None) -> str:
                    f"{step_ms} | "
                    f"{plots.pretraining_minutes(r, cost):.1f} | "
                    f"{r['metrics'].get('loss', float('nan')):.4f} |")
+    missing = sorted({r["cell"]["method"] for r in pre} - set(cost))
     lines += ["", "Time: the run's steps × its method's step time measured in one process "
               "(`study cost`, cost.json)." if cost else
               "Time: the run's images over its median img/s (no cost.json: `study cost`)."]
+    if cost and missing:  # (a method added to the grid after the cost was measured)
+      lines[-1] += (f" Not in cost.json, so at their own median speed until `study cost` "
+                    f"is rerun: {', '.join(missing)}.")
   claims = claims_table(s, main_evals, grid.get("claims", []))
   if claims:
     lines += ["", "Claims (difference in top-1 points ± its standard error; the verdict rule "
