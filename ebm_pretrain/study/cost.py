@@ -17,12 +17,12 @@ import json
 import os
 
 from ebm_pretrain import fs
-from ebm_pretrain.study.grid import PIXELS
+from ebm_pretrain.study.grid import has_pretraining
 
 
 def pretrained_methods(grid) -> list[str]:
   """The grid's methods that have a pretraining (not scratch, not the pixels)."""
-  return [m for m, task in grid.methods.items() if task not in ("", PIXELS)]
+  return [m for m, task in grid.methods.items() if has_pretraining(task)]
 
 
 def measure(grid, out: str, rounds: int = 10, grid_spec: str = "") -> dict:

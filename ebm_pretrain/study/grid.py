@@ -28,6 +28,11 @@ PIXELS = "=pixels"
 FEATURE_EVALS = ("knn", "linear_probe")
 
 
+def has_pretraining(task: str) -> bool:
+  """Whether a method with this grid task pretrains (not scratch "", not the pixels)."""
+  return task not in ("", PIXELS)
+
+
 def load_config_file(spec: str):
   """``path/to/config.py[:arg]`` -> its ``get_config(arg)`` (paths relative to the repo)."""
   path, _, arg = spec.partition(":")
@@ -76,7 +81,7 @@ def cells(grid) -> list[Cell]:
   out = []
   for method, task in grid.methods.items():
     for seed in grid.seeds.get(method, grid.seeds["default"]):
-      if task and task != PIXELS:
+      if has_pretraining(task):
         out.append(Cell("pretrain", method, seed))
       for name, e in grid.evals.items():
         if task == PIXELS and e.kind not in FEATURE_EVALS:

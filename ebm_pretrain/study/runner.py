@@ -15,8 +15,8 @@ import time
 
 import numpy as np
 
-from ebm_pretrain.study.grid import (EVAL_FILTERS, PIXELS, REPO, Cell, cells, load_config_file,
-                                     with_overrides)
+from ebm_pretrain.study.grid import (EVAL_FILTERS, PIXELS, REPO, Cell, cells, has_pretraining,
+                                     load_config_file, with_overrides)
 
 
 def _commit() -> str:
@@ -77,7 +77,7 @@ class Runner:
     """The config ``method``'s pretraining (or, for scratch and the pixels, its
     random-init features) runs with at ``seed``."""
     task = self.grid.methods[method]
-    task = self.grid.scratch_task if task in ("", PIXELS) else task
+    task = task if has_pretraining(task) else self.grid.scratch_task
     c = load_config_file(f"{self.grid.pretrain_config}:{self.grid.pretrain_arg},task={task}")
     with_overrides(c, self.grid.overrides.to_dict())
     with_overrides(c, self.grid.pretrain_overrides.to_dict())
@@ -95,7 +95,7 @@ class Runner:
       return dict(config=config.to_dict(), metrics=metrics,
                   **speed(workdir, config.batch_size))
     e = g.evals[cell.eval]
-    pretrained_method = g.methods[cell.method] not in ("", PIXELS)
+    pretrained_method = has_pretraining(g.methods[cell.method])
     pre = self.pretrain_dir(cell.method, cell.seed) if pretrained_method else ""
     if pre and self.pretrained_from:  # (checked here too: --only may leave its cell out)
       self.reused_pretraining(Cell("pretrain", cell.method, cell.seed))
