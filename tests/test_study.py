@@ -53,6 +53,7 @@ def test_grid_runs_resumes_after_a_kill_and_reports(tmp_path):
   record = json.load(open(os.path.join(out, "cells", "pretrain__mixed__s1.json")))
   assert record["seed"] == 1 and record["config"]["seed"] == 1 and len(record["commit"]) >= 7
   assert record["config"]["data"]["holdout"] == 16 and record["wall_s"] > 0
+  assert record["device"] == "1x cpu"  # which machine ran the cell (cli_env: one CPU device)
   assert record["train_images"] == record["config"]["total_steps"] * record["config"]["batch_size"]
   assert record["img_per_s"] > 0
   knn = json.load(open(os.path.join(out, "cells", "knn__scratch__s0.json")))

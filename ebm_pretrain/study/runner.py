@@ -165,6 +165,8 @@ def run(grid_spec: str, out: str, only: str = "*", log=print, pretrained_from: s
   fs.write_text(os.path.join(out, "grid.json"),
                 json.dumps(dict(spec=grid_spec, **grid.to_dict()), indent=1, sort_keys=True))
   runner, commit, spent, done_here = Runner(grid, out, pretrained_from), _commit(), 0.0, 0
+  import jax
+  device = f"{jax.device_count()}x {jax.devices()[0].device_kind}"  # which machine ran it
   # The pretrainings' step times (study cost) come with them.
   source_cost = os.path.join(pretrained_from, "cost.json")
   if pretrained_from and os.path.exists(source_cost):
@@ -185,7 +187,7 @@ def run(grid_spec: str, out: str, only: str = "*", log=print, pretrained_from: s
     result = runner.run(cell)
     wall = time.time() - t
     record = dict(cell=dataclasses.asdict(cell), id=cell.id, commit=commit, seed=cell.seed,
-                  wall_s=wall, grid=grid_spec, **result)
+                  wall_s=wall, grid=grid_spec, device=device, **result)
     fs.write_text(path, json.dumps(record, indent=1, sort_keys=True, default=float))
     spent, done_here = spent + wall, done_here + 1
     log(f"[{i + 1}/{len(todo)}] {cell.id}: {wall / 60:.1f} min, wrote {path}", flush=True)
