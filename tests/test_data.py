@@ -2,6 +2,9 @@
 import gzip
 import os
 import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -36,6 +39,34 @@ def test_offline_fashion_mnist_builder_reads_idx_files(tmp_path):
   decoded = {int(src[i]["label"]): pipeline.decode_image(src[i]["image"], 1)[..., 0] for i in range(10)}
   np.testing.assert_array_equal(decoded[3], train_images[3])
   assert len(sources.fashion_mnist_source("test", str(tmp_path / "tfds"), str(idx))) == 5
+
+
+def _fake_idx_dir(idx, n_train=300, n_test=50):
+  idx.mkdir()
+  rng = np.random.default_rng(0)
+  for name, arr in [("train-images-idx3-ubyte.gz", rng.integers(0, 256, (n_train, 28, 28))),
+                    ("train-labels-idx1-ubyte.gz", np.arange(n_train) % 10),
+                    ("t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n_test, 28, 28))),
+                    ("t10k-labels-idx1-ubyte.gz", np.arange(n_test) % 10)]:
+    _write_idx(str(idx / name), arr)
+
+
+def test_processes_started_together_build_the_dataset_once(tmp_path):
+  # Parallel study streams (or a host's processes) on a fresh machine: each finds
+  # no dataset and builds it. Unguarded, TFDS's rename fails in all but one, and
+  # that one's clean-up deleted the dataset the others then tried to read.
+  _fake_idx_dir(tmp_path / "idx")
+  start = time.time() + 10  # past every child's imports: they build together
+  code = ("import sys, time; from ebm_pretrain.data import sources; "
+          f"time.sleep(max(0, {start} - time.time())); "
+          "print(len(sources.fashion_mnist_source('train', sys.argv[1], sys.argv[2])))")
+  procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "tfds"),
+                             str(tmp_path / "idx")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(3)]
+  outs = [p.communicate(timeout=240) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0 and out.split()[-1:] == ["300"], err[-2000:]
+  assert len(sources.fashion_mnist_source("test", str(tmp_path / "tfds"), str(tmp_path / "idx"))) == 50
 
 
 def test_missing_idx_files_are_a_clear_error(tmp_path):
@@ -112,6 +143,22 @@ def test_train_iterator_state_resumes_exactly():
   assert len(rest) == 7
   for a, b in zip(rest, again):
     np.testing.assert_array_equal(a, b)
+
+
+def test_worker_processes_yield_the_same_batches_in_process():
+  # Without an absl app (the study, a notebook): grain's workers need its flags.
+  src = sources.SyntheticSource(40, 16, 3)
+  kw = dict(global_batch=8, num_batches=5, image_size=16, channels=3, seed=2)
+  here = list(pipeline.make_train_dataset(src, **kw))
+  workers = list(pipeline.make_train_dataset(src, num_workers=2, **kw))
+  assert len(workers) == len(here) == 5
+  for a, b in zip(here, workers):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(a["label"], b["label"])
+  ev = dict(batch_size=8, image_size=16, channels=3, num_examples=20)
+  np.testing.assert_array_equal(
+      np.concatenate([b["image"] for b in pipeline.make_eval_dataset(src, num_workers=2, **ev)]),
+      np.concatenate([b["image"] for b in pipeline.make_eval_dataset(src, **ev)]))
 
 
 @pytest.mark.skipif(not os.path.isdir(fashion_mnist_offline.DEFAULT_IDX_DIR),

@@ -189,6 +189,19 @@ def test_committed_results_regenerate_byte_for_byte_and_match_the_readme(tmp_pat
     assert readme.read_text() == open(os.path.join(ROOT, "README.md")).read()
 
 
+def test_the_test_split_runs_only_what_the_claims_read():
+  """The learning rate and the features are chosen on the holdout; the test split
+  gives the final numbers of the four evaluations the claims compare, no more."""
+  holdout = study.load_config_file("configs/study/fashion_mnist.py")
+  test = study.load_config_file("configs/study/fashion_mnist.py:split=test")
+  assert sorted(test.evals) == ["ft_10pct", "ft_1pct", "knn", "probe"]
+  assert all(test.evals[k].to_dict() == holdout.evals[k].to_dict() for k in test.evals)
+  assert len(holdout.evals) > len(test.evals)
+  assert test.overrides.data.eval_split == "test" and holdout.overrides.data.eval_split == "holdout"
+  pre = [c.id for c in study.cells(test) if c.kind == "pretrain"]
+  assert pre == [c.id for c in study.cells(holdout) if c.kind == "pretrain"]
+
+
 def test_a_larger_grid_is_an_argument_not_a_change():
   """The GPU grid: more epochs and a larger ViT reach every pretraining and the
   scratch fine-tunings through the grid's argument alone."""

@@ -7,6 +7,8 @@ installs (or any directory holding them) and writes ArrayRecord, so
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import io
 import os
@@ -104,20 +106,41 @@ class FashionMnistOffline(tfds.core.GeneratorBasedBuilder):
 def prepare(data_dir: str, idx_dir: str = DEFAULT_IDX_DIR) -> FashionMnistOffline:
   """Builds the ArrayRecord files once (about 15 s); later calls only open them.
   The IDX files are checked first, and a build that fails leaves nothing behind
-  that it created (TFDS's dataset and downloads folders)."""
-  builder = FashionMnistOffline(data_dir=data_dir, idx_dir=idx_dir,
-                                file_format="array_record")
-  if builder.is_prepared():
-    return builder
+  that it created (TFDS's dataset and downloads folders). Processes that start
+  together (parallel study streams, a host's processes) build it once."""
+  def builder():
+    return FashionMnistOffline(data_dir=data_dir, idx_dir=idx_dir, file_format="array_record")
+  if builder().is_prepared():
+    return builder()
   check_files(idx_dir)
-  created = [p for p in (fs.path(data_dir) / FashionMnistOffline.name,
-                         fs.path(data_dir) / "downloads") if not p.exists()]
-  try:
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-  except BaseException:
-    for p in created:
-      if p.exists():
-        p.rmtree()
-    raise
-  return builder
+  with _one_builder(data_dir):
+    b = builder()  # (made again: another process may have built it while this one waited)
+    if b.is_prepared():
+      return b
+    created = [p for p in (fs.path(data_dir) / FashionMnistOffline.name,
+                           fs.path(data_dir) / "downloads") if not p.exists()]
+    try:
+      b.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except BaseException:
+      for p in created:
+        if p.exists():
+          p.rmtree()
+      raise
+    return b
+
+
+@contextlib.contextmanager
+def _one_builder(data_dir: str):
+  """An exclusive lock on ``data_dir`` while one process builds. Without it every
+  process renames its own build onto the same folder: all but one fail, and a
+  failing one's clean-up deleted the folder the winner had just made. (A cloud
+  ``data_dir`` has no file locks: build it once before starting processes.)"""
+  if fs.is_cloud(data_dir):
+    yield
+    return
+  local = os.path.expanduser(data_dir)
+  os.makedirs(local, exist_ok=True)
+  with open(os.path.join(local, f".{FashionMnistOffline.name}.lock"), "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+    yield

@@ -191,10 +191,20 @@ def make_train_dataset(source: Sequence[dict], *, global_batch: int, num_batches
   ds = grain.MapDataset.range(num_batches * local_batch).map(_ProcessShard(
       source, order, global_batch, process_index, process_count, seed, image_size, channels,
       augment))
-  it = ds.batch(local_batch, drop_remainder=True).to_iter_dataset()
-  if num_workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return it
+  return _prefetch(ds.batch(local_batch, drop_remainder=True).to_iter_dataset(), num_workers)
+
+
+def _prefetch(it: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+  """``it`` decoded in ``num_workers`` processes (0: in this one), same order."""
+  if num_workers <= 0:
+    return it
+  # grain's workers read its absl flags, which only an absl app has parsed: an
+  # in-process caller (the study, a notebook, a test) would stop on
+  # UnparsedFlagAccessError. The defaults are what such a caller means.
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
 
 
 @dataclasses.dataclass
@@ -227,7 +237,4 @@ def make_eval_dataset(source: Sequence[dict], *, batch_size: int, image_size: in
       from ebm_pretrain.data import segmentation
       blank["mask"] = segmentation.blank(image_size, channels)[1]
     ds = grain.MapDataset.concatenate([ds, grain.MapDataset.source([blank] * pad)])
-  it = ds.batch(batch_size).to_iter_dataset()
-  if num_workers > 0:
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
-  return it
+  return _prefetch(ds.batch(batch_size).to_iter_dataset(), num_workers)
