@@ -246,6 +246,7 @@ def _run(config, workdir, devices, source, ckpts, log):
   pending: list[dict] = []
   last: dict[str, float] = {}
   t_log, step = time.time(), start
+  finite = None  # (the last step's flag; None: save_best checks a restored state itself)
   try:
     for step in range(start + 1, total_steps + 1):
       batch = ctx.to_global(next(train_iter))
@@ -292,8 +293,10 @@ def _run(config, workdir, devices, source, ckpts, log):
             f"command to resume (exit status {EXIT_STOPPED}).", flush=True)
         raise RunStopped(stop["signal"], step)
     ckpts.wait()
+    # Also when nothing was left to train: a stop on the last step saved it before
+    # this evaluation, which the rerun still owes (save_best skips a saved step).
+    last.update(evaluate(total_steps))
     if total_steps > start:
-      last.update(evaluate(total_steps))
       if ckpts.best is not None and ckpts.best_step() is not None:
         ckpts.wait()
         log(f"Best {ckpts.best_metric}: step {ckpts.best_step()} in {fs.name(workdir)}/best",

@@ -133,3 +133,16 @@ def test_killed_segmentation_resumes_exactly(tmp_path, tiny_pretrain):
   evals = lambda w: [r["eval/miou"] for r in map(json.loads, open(os.path.join(w, "metrics.jsonl")))
                      if "eval/miou" in r]
   assert len(evals(wd)) >= 1 and evals(wd)[-1] == evals(ref)[-1]
+
+
+def test_a_run_stopped_after_its_last_step_still_evaluates_on_resume(tmp_path, tiny_pretrain):
+  """A stop that lands on the final step saves it before the final evaluation;
+  the rerun has no steps left but owes that evaluation (the study records its
+  result: it once recorded an empty one)."""
+  from helpers import train_inprocess
+  wd = str(tmp_path / "ft")
+  kw = dict(total_steps=4, checkpoint_every=2, eval_every=0, init=tiny_pretrain)
+  _, first = train_inprocess("tiny_finetune", wd, **kw)
+  _, again = train_inprocess("tiny_finetune", wd, **kw)
+  assert "eval/top1" in first
+  assert again["eval/top1"] == first["eval/top1"]

@@ -186,6 +186,8 @@ def run(grid_spec: str, out: str, only: str = "*", log=print, pretrained_from: s
     t = time.time()
     result = runner.run(cell)
     wall = time.time() - t
+    if not result.get("metrics"):  # never a cell without its numbers (rerun: it resumes)
+      raise RuntimeError(f"{cell.id}: its run returned no metrics; not recorded")
     record = dict(cell=dataclasses.asdict(cell), id=cell.id, commit=commit, seed=cell.seed,
                   wall_s=wall, grid=grid_spec, device=device, **result)
     fs.write_text(path, json.dumps(record, indent=1, sort_keys=True, default=float))
