@@ -28,8 +28,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ebm_pretrain import fs, models, tasks
-from ebm_pretrain.errors import CheckpointError, ConfigError, NonFiniteStateError
+from ebm_pretrain import disk_full, fs, models, tasks
+from ebm_pretrain.errors import CheckpointError, ConfigError, NonFiniteStateError, NoSpaceError
 
 
 UNREADABLE_DIR = "unreadable_checkpoints"
@@ -331,21 +331,24 @@ class TrainCheckpoints:
       raise NonFiniteStateError(
           f"the train state at step {step} is not finite ({len(bad)} arrays, e.g. "
           f"{', '.join(bad[:3])}): not saved. {self.divergence_advice()}")
+    with self._async_write("checkpoints"):  # the previous write's error, named as its own
+      self.manager.wait_until_finished()  # (Orbax's save waits for it anyway)
+    self._writing["checkpoints"] = step
     with self._async_write("checkpoints"):
       self.manager.save(step, force=True, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)))
-    self._writing["checkpoints"] = step
 
   @contextlib.contextmanager
   def _async_write(self, where: str):
-    """Orbax raises the previous asynchronous write's TimeoutError at the next
-    save or wait: a CheckpointError (one line, exit 2) saying which step was
-    lost, what is intact and that a rerun resumes."""
+    """Orbax raises the previous asynchronous write's error at the next save or
+    wait. A timeout is a CheckpointError, a full disk a NoSpaceError (each one
+    line, exit 2) saying which step was lost, what is intact and that a rerun
+    resumes. After either, :meth:`wait` and :meth:`close` do nothing."""
     try:
       yield
     except TimeoutError:
       self._failed = True
-      done = sorted(int(p.name) for p in self.dir.iterdir() if p.name.isdigit())
+      done = self.intact_steps()
       raise CheckpointError(
           f"writing step {self._writing.get(where)} to {self.root / where} did not finish "
           f"within {self.timeout_s} s (config.checkpoint_timeout_s): the process was paused "
@@ -353,6 +356,18 @@ class TrainCheckpoints:
           + (f"Steps {done} in {self.dir} are intact; rerun the same command to resume from "
              f"step {done[-1]}." if done else "No earlier checkpoint; rerun to start again.")
       ) from None
+    except Exception as e:  # pylint: disable=broad-except  (Orbax wraps TensorStore's errors)
+      if not disk_full.is_no_space(e):
+        raise
+      self._failed = True
+      step = self._writing.get(where) if self._writing.get(where) is not None else "?"
+      raise NoSpaceError(disk_full.message(
+          fs.name(self.root / where), step, self.intact_steps(), fs.name(self.dir))) from None
+
+  def intact_steps(self) -> list[int]:
+    """The finalised steps in ``checkpoints/`` (a write in progress or abandoned
+    lives in a ``STEP.orbax-checkpoint-tmp`` folder, never picked up)."""
+    return sorted(int(p.name) for p in self.dir.iterdir() if p.name.isdigit())
 
   def divergence_advice(self) -> str:
     """What is intact, and what to change, after a run diverged."""
@@ -370,11 +385,15 @@ class TrainCheckpoints:
       self.log(f"Not saving step {step} to best/: its parameters are not finite")
       return
     with self._async_write("best"):
+      self.best.wait_until_finished()
+    self._writing["best"] = step
+    with self._async_write("best"):
       self.best.save(step, metrics=metrics,
                      args=ocp.args.Composite(state=ocp.args.StandardSave(keep)))
-    self._writing["best"] = step
 
   def wait(self) -> None:
+    if self._failed:
+      return
     with self._async_write("checkpoints"):
       self.manager.wait_until_finished()
     if self.best is not None:
@@ -388,7 +407,7 @@ class TrainCheckpoints:
     return self.best.best_step() if self.best is not None else None
 
   def close(self) -> None:
-    if self._failed:  # a write timed out: its CheckpointError is on its way up
+    if self._failed:  # a write timed out or found no space: its error is on its way up
       return
     self.wait()
     self.manager.close()

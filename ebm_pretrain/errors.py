@@ -11,6 +11,11 @@ class CheckpointError(RuntimeError):
   """No usable checkpoint, or one that does not fit the model; the message says which."""
 
 
+class NoSpaceError(RuntimeError):
+  """A write (checkpoint, metrics, TensorBoard, image, study cell) found no space;
+  the message names the step and the intact checkpoints (``disk_full.message``)."""
+
+
 class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or inf; nothing after the newest checkpoint is saved."""
 

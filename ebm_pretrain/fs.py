@@ -56,16 +56,27 @@ def check_backend(p) -> None:
 
 
 def write_text(p, text: str) -> None:
+  """Writes the whole file so that a reader never sees half of it (see
+  :func:`write_bytes`)."""
+  write_bytes(p, text.encode())
+
+
+def write_bytes(p, data: bytes) -> None:
   """Writes the whole file so that a reader never sees half of it: a local file
-  through a temporary file and a rename; a cloud object is replaced whole by
-  the store itself."""
+  through a temporary file and a rename (the temporary file removed if the
+  write fails, say for lack of space); a cloud object is replaced whole by the
+  store itself."""
   p = path(p)
   if is_cloud(p):
-    p.write_text(text)
+    p.write_bytes(data)
     return
   tmp = p.parent / f".{p.name}.{uuid.uuid4().hex[:8]}.tmp"
-  tmp.write_text(text)
-  os.replace(tmp, p)
+  try:
+    tmp.write_bytes(data)
+    os.replace(tmp, p)
+  except BaseException:
+    tmp.unlink(missing_ok=True)
+    raise
 
 
 class AppendFile:

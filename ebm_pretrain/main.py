@@ -20,6 +20,9 @@ _DISTRIBUTED = flags.DEFINE_bool(
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 100, "Multi-process: a process whose heartbeats stop for this long "
+    "is lost, and every other one stops (exit 75) within about this time (jax's default).")
 
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -35,7 +38,11 @@ def _init_distributed():
   if explicit:
     kwargs = dict(coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
                   process_id=_PROCESS_ID.value)
-  jax.distributed.initialize(**kwargs)
+  jax.distributed.initialize(heartbeat_timeout_seconds=_HEARTBEAT.value, **kwargs)
+
+
+def _multi_process() -> bool:
+  return _DISTRIBUTED.value or _COORDINATOR.value is not None
 
 
 # Exit statuses (README, "Failure handling").
@@ -92,18 +99,36 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax and TFDS are chatty at INFO
-  from ebm_pretrain import errors, train, workdir
+  from ebm_pretrain import peer_loss
+  if _multi_process():
+    if not peer_loss.is_supervised():
+      sys.exit(peer_loss.supervise(sys.argv, _HEARTBEAT.value))  # see peer_loss.py
+    peer_loss.die_with_supervisor()
+  from ebm_pretrain import disk_full, errors, train, workdir
   from ebm_pretrain.data.sources import DataSourceError
   _init_distributed()
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (DataSourceError, errors.ConfigError, errors.CheckpointError,
-          workdir.WorkdirError) as e:
+          workdir.WorkdirError, errors.NoSpaceError) as e:
     _fail(str(e))  # a message that says what to do: no stack trace
+  except OSError as e:
+    if not disk_full.is_no_space(e):
+      raise
+    _fail(f"no space left on {e.filename or _WORKDIR.value}; free space, then rerun the same "
+          "command: it resumes from the newest checkpoint")
   except (errors.NonFiniteLossError, errors.NonFiniteStateError) as e:
     _fail(str(e), EXIT_DIVERGED)
   except train.RunStopped:
     sys.exit(train.EXIT_STOPPED)  # the loop printed what happened
+  except Exception as e:  # pylint: disable=broad-except
+    if not (_multi_process() and peer_loss.is_collective_loss(e)):
+      raise
+    print("error: " + peer_loss.message(peer_loss.collective_peer(_NUM_PROCESSES.value,
+                                                                  _PROCESS_ID.value),
+                                        _WORKDIR.value, _NUM_PROCESSES.value),
+          file=sys.stderr, flush=True)
+    os._exit(peer_loss.EXIT_PEER_LOST)  # jax's exit handler would wait on the lost peer
   except KeyboardInterrupt:
     _fail("interrupted (Ctrl-C) before a checkpoint could be saved; rerun to resume from "
           "the newest one", EXIT_INTERRUPTED)

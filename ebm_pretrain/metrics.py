@@ -17,37 +17,47 @@ from ebm_pretrain import fs
 
 class MetricWriter:
   """Writes only on the primary process; the others get a no-op writer. Every
-  file goes through :mod:`ebm_pretrain.fs`, so a ``gs://`` workdir gets them."""
+  file goes through :mod:`ebm_pretrain.fs`, so a ``gs://`` workdir gets them.
+  Every write happens in the caller's thread, so that a failed one (a full
+  disk) raises there: tensorboardX's own writer thread would die with a
+  traceback and leave the run blocked on its full queue."""
 
   def __init__(self, workdir: str, enabled: bool = True):
     self.enabled = enabled
     self.root = fs.path(workdir)
     if not enabled:
       return
-    from tensorboardX import SummaryWriter
     fs.register_tensorboard()
     (self.root / "images").mkdir(parents=True, exist_ok=True)
+    (self.root / "tensorboard").mkdir(parents=True, exist_ok=True)
     self._jsonl = fs.AppendFile(self.root / "metrics.jsonl")
-    self._tb = SummaryWriter(os.fspath(self.root / "tensorboard"))
+    from tensorboardX.event_file_writer import EventsWriter
+    self._tb = EventsWriter(os.fspath(self.root / "tensorboard" / "events"))
+
+  def _event(self, step: int, summary) -> None:
+    from tensorboardX.proto import event_pb2
+    self._tb.write_event(event_pb2.Event(summary=summary, step=step, wall_time=time.time()))
 
   def scalars(self, step: int, values: dict[str, float]) -> None:
     if not self.enabled:
       return
+    from tensorboardX import summary
     self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
     self._jsonl.flush()
     for k, v in values.items():
-      self._tb.add_scalar(k, v, step)
+      self._event(step, summary.scalar(k, float(v)))
     self._tb.flush()
 
   def image(self, step: int, name: str, image: np.ndarray) -> str | None:
     """uint8 [H, W, C]; returns the PNG path."""
     if not self.enabled:
       return None
+    from tensorboardX import summary
     path = self.root / "images" / f"{name}_{step:08d}.png"
     buf = io.BytesIO()
     Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(buf, format="PNG")
-    path.write_bytes(buf.getvalue())
-    self._tb.add_image(name, image, step, dataformats="HWC")
+    fs.write_bytes(path, buf.getvalue())
+    self._event(step, summary.image(name, image, dataformats="HWC"))
     self._tb.flush()
     return os.fspath(path)
 
@@ -58,10 +68,20 @@ class MetricWriter:
       self._jsonl.flush(force=True)
       self._tb.flush()
 
-  def close(self):
-    if self.enabled:
-      self._jsonl.close()
-      self._tb.close()
+  def close(self, failed: bool = False):
+    """Closes the files; after a failed write (``failed``), without the final
+    flush that would fail again."""
+    if not self.enabled:
+      return
+    if failed:
+      for f in (self._jsonl, self._tb):
+        try:
+          f.close()
+        except OSError:
+          pass
+      return
+    self._jsonl.close()
+    self._tb.close()
 
 
 class StallDetector:

@@ -49,16 +49,18 @@ def _font():
     return ImageFont.load_default()
 
 
-def grid(columns: dict[str, np.ndarray], mean, std, min_size: int = MIN_SIZE) -> np.ndarray:
+def grid(columns: dict[str, np.ndarray], mean, std, min_size: int = MIN_SIZE,
+         captions: dict[str, str] | None = None) -> np.ndarray:
   """Rows = examples, columns = ``columns`` (normalised float images [B, H, W, C];
   in ``column_order``) -> one uint8 [H', W', C] picture with a header row of the
-  column names. A segmentation's columns (``prediction`` and ``truth`` label
-  maps beside the ``image``) become :func:`segmentation_columns` first."""
+  column names (or their ``captions``). A segmentation's columns (``prediction``
+  and ``truth`` label maps beside the ``image``) become :func:`segmentation_columns` first."""
   names = column_names(columns)
+  headers = [(captions or {}).get(n, label(n)) for n in names]
   if "prediction" in columns:
-    return _draw(names, segmentation_columns(*(columns[k] for k in names), mean, std), min_size)
-  return _draw(names, [np.asarray(normalization.to_pixels(columns[k], mean, std))
-                       for k in names], min_size)
+    return _draw(headers, segmentation_columns(*(columns[k] for k in names), mean, std), min_size)
+  return _draw(headers, [np.asarray(normalization.to_pixels(columns[k], mean, std))
+                         for k in names], min_size)
 
 
 SEGMENTATION = ("image", "prediction", "truth")
@@ -94,7 +96,7 @@ def segmentation_columns(image, prediction, truth, mean, std, ignore: int = 255,
   return [rgb, overlay(prediction), overlay(truth)]
 
 
-def _draw(names, cols, min_size: int) -> np.ndarray:
+def _draw(headers, cols, min_size: int) -> np.ndarray:
   cols = [upscale(c, min_size) for c in cols]
   b, h, w, c = cols[0].shape
   top = HEADER + PAD
@@ -107,8 +109,7 @@ def _draw(names, cols, min_size: int) -> np.ndarray:
   pixels = (np.nan_to_num(out) * 255).round().astype(np.uint8)
   picture = Image.fromarray(pixels[..., 0] if c == 1 else pixels)
   draw, font = ImageDraw.Draw(picture), _font()
-  for j, name in enumerate(names):
-    text = label(name)
+  for j, text in enumerate(headers):
     left, _, right, bottom = draw.textbbox((0, 0), text, font=font)
     x = PAD + j * (w + PAD) + max(0, (w - (right - left)) // 2)
     draw.text((x, max(0, (HEADER - bottom) // 2)), text, fill=0 if c == 1 else (0,) * c, font=font)

@@ -24,11 +24,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ebm_pretrain import checkpoints, evaluators, fs, metrics as metrics_lib, objectives, optim
-from ebm_pretrain import pictures
+from ebm_pretrain import checkpoints, disk_full, evaluators, fs, metrics as metrics_lib, objectives
+from ebm_pretrain import optim, pictures
 from ebm_pretrain import validate as validate_lib, workdir as workdir_lib
 from ebm_pretrain.data import normalization, pipeline, sources
-from ebm_pretrain.errors import NonFiniteLossError
+from ebm_pretrain.errors import NoSpaceError, NonFiniteLossError
 from ebm_pretrain.steps import itstime, total_steps_of
 
 
@@ -247,6 +247,8 @@ def _run(config, workdir, devices, source, ckpts, log):
   last: dict[str, float] = {}
   t_log, step = time.time(), start
   finite = None  # (the last step's flag; None: save_best checks a restored state itself)
+  no_space = False
+  disk_full.install_filters()
   try:
     for step in range(start + 1, total_steps + 1):
       batch = ctx.to_global(next(train_iter))
@@ -301,10 +303,20 @@ def _run(config, workdir, devices, source, ckpts, log):
         ckpts.wait()
         log(f"Best {ckpts.best_metric}: step {ckpts.best_step()} in {fs.name(workdir)}/best",
             flush=True)
+  except Exception as e:  # pylint: disable=broad-except  (a write that found no space)
+    if not disk_full.is_no_space(e):
+      raise
+    no_space = True
+    if isinstance(e, NoSpaceError):
+      raise
+    ckpts.wait()  # a pending checkpoint still finishes (or fails for lack of space too)
+    raise disk_full.error(e, fs.name(workdir), step, ckpts.intact_steps(),
+                          fs.name(ckpts.dir)) from None
   finally:
     restore_signals()
-    ckpts.wait()
-    writer.close()
+    if not no_space:  # (a pending checkpoint finishes; after a full disk it cannot)
+      ckpts.wait()
+    writer.close(failed=no_space)
     console.close()
   log(f"Done: step {step}. Checkpoints: {ckpts.dir}  Metrics: "
       f"{fs.path(workdir) / 'metrics.jsonl'}  TensorBoard: "

@@ -145,6 +145,17 @@ class WorkdirLock:
     self.release()
 
 
+def remove_lock_of(workdir: str, pid: int) -> None:
+  """Removes the workdir's lock if this host's process ``pid`` (now dead) held it."""
+  path = fs.path(workdir) / LOCK_FILE
+  try:
+    info = json.loads(path.read_text())
+    if info.get("host") == socket.gethostname() and info.get("pid") == pid:
+      path.unlink(missing_ok=True)
+  except (OSError, ValueError):
+    pass
+
+
 # ----------------------------------------------------------------------------
 # config.json.
 # ----------------------------------------------------------------------------

@@ -42,6 +42,14 @@ def run_main(config: str, workdir: str, *overrides: str, num_devices: int = 1,
   return proc
 
 
+def free_port() -> int:
+  """A local TCP port nobody listens on (for a coordinator_address)."""
+  import socket
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
 def latest_params(workdir: str):
   """Raw (unsharded numpy) train state of the newest finalised checkpoint."""
   ckpt = os.path.join(workdir, "checkpoints")

@@ -1,21 +1,14 @@
 """Multi-host: 2 processes x 4 CPU devices (jax.distributed, gloo collectives)
 train exactly as 1 process x 8 devices, each reading only its own shard."""
 import os
-import socket
 import subprocess
 
 import numpy as np
 
 from ebm_pretrain.data import pipeline, sources
-from helpers import ROOT, assert_trees_close, cli_env, latest_params, main_cmd, run_main
+from helpers import ROOT, assert_trees_close, cli_env, free_port, latest_params, main_cmd, run_main
 
 OVERRIDES = ("--config.total_steps=2", "--config.eval_examples=0", "--config.image_every=100")
-
-
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
 
 
 def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
@@ -23,7 +16,7 @@ def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
   run_main("configs/tiny.py", single, *OVERRIDES, num_devices=8)
 
   multi = str(tmp_path / "multi")
-  port = _free_port()
+  port = free_port()
   procs = [subprocess.Popen(
       main_cmd("configs/tiny.py", multi, *OVERRIDES, f"--coordinator_address=127.0.0.1:{port}",
                "--num_processes=2", f"--process_id={i}"),

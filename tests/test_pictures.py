@@ -83,12 +83,18 @@ def test_restore_draws_a_folder_and_names_each_bad_file(tiny_pretrain, tmp_path,
   _png(folder / "d_big.png", 20)      # divisible, but the learned position embeddings are 4x4
   (folder / "notes.txt").write_text("not an image")
   out = tmp_path / "grid.png"
-  status = restore.main([f"--init={tiny_pretrain}", f"--images={folder}", f"--output={out}"])
+  # At their own size (--resize=none) the odd ones are refused, in our words.
+  status = restore.main([f"--init={tiny_pretrain}", f"--images={folder}", f"--output={out}",
+                         "--resize=none"])
   err = capsys.readouterr().err.strip().splitlines()
   assert status == 2
   assert len(err) == 3 and all(line.startswith("error: ") for line in err)
   for name in ("c_odd.png", "d_big.png", "notes.txt"):
     assert sum(name in line for line in err) == 1, (name, err)
+  assert any(l.endswith("c_odd.png: 18x18 images do not fit the model (vit mu/4, trained on "
+                        "16x16 images): leave out --resize=none to bring every image to 16x16")
+             for l in err), err
+  assert not any("http" in l or "Error" in l for l in err), err  # no library text
   w, h = Image.open(out).size   # 2 rows of 4 columns (corrupted, 2 steps, original), 16 -> 96 px
   pad = pictures.PAD
   assert (w, h) == (pad + 4 * (96 + pad), pictures.HEADER + pad + 2 * (96 + pad))
@@ -103,6 +109,35 @@ def test_restore_draws_a_folder_and_names_each_bad_file(tiny_pretrain, tmp_path,
   train_inprocess(f"tiny_finetune:init={tiny_pretrain},steps=1", ft, eval_examples=0)
   assert restore.main([f"--init={ft}", f"--images={folder}", f"--output={out}"]) == 2
   assert "holds a 'supervised' model; restore needs" in capsys.readouterr().err
+
+
+def test_restore_brings_a_users_images_of_any_size_to_the_model(tiny_pretrain, tmp_path, capsys):
+  """A 64x64 gradient, a 48x48 checkerboard, a 56x56 blob, a 40x24 photo and a
+  grey (1-channel) one, for a 16px RGB model: each resized (short side) and
+  centre-cropped as evaluation does, and drawn."""
+  folder = tmp_path / "images"
+  folder.mkdir()
+  y, x = np.mgrid[0:64, 0:64]
+  Image.fromarray(np.stack([x * 4, y * 4, x * 2], -1).astype(np.uint8)).save(folder / "a_gradient.png")
+  board = ((np.indices((48, 48)) // 6).sum(0) % 2 * 255).astype(np.uint8)
+  Image.fromarray(board).convert("RGB").save(folder / "b_board.png")
+  blob = (np.exp(-((np.mgrid[0:56, 0:56] - 28) ** 2).sum(0) / 200) * 255).astype(np.uint8)
+  Image.fromarray(blob).save(folder / "c_blob_grey.png")  # one channel
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (24, 40, 3), np.uint8)).save(
+      folder / "d_wide.png")
+  out = tmp_path / "grid.png"
+  status = restore.main([f"--init={tiny_pretrain}", f"--images={folder}", f"--output={out}"])
+  captured = capsys.readouterr()
+  assert status == 0, captured.err
+  assert "4 images (a_gradient.png, b_board.png, c_blob_grey.png, d_wide.png)" in captured.out
+  pad = pictures.PAD
+  assert Image.open(out).size == (pad + 4 * (96 + pad), pictures.HEADER + pad + 4 * (96 + pad))
+  # The "original" column is the evaluation pipeline's 16x16 view of each file.
+  from ebm_pretrain.data import pipeline
+  got, _ = restore.read_images(str(folder), 3, 16, size=16)
+  np.testing.assert_array_equal(got[2][1], pipeline.center_crop(np.repeat(blob[..., None], 3, -1),
+                                                                16, 16))
+  assert [g[1].shape for g in got] == [(16, 16, 3)] * 4
 
 
 def test_segmentation_overlays_tint_labelled_pixels_and_leave_unlabeled_ones():

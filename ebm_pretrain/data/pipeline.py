@@ -10,7 +10,6 @@ and the trainer counts and reports it, so a corrupt file never stops a run.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import math
 from typing import Any, Sequence
@@ -19,31 +18,12 @@ import grain
 import numpy as np
 from PIL import Image
 
-from ebm_pretrain.data import randaug
+from ebm_pretrain.data import randaug, segmentation
+from ebm_pretrain.data.image import decode_image
 
 # MAE's RandomResizedCrop: area scale (0.2, 1.0), aspect ratio (3/4, 4/3).
 CROP_SCALE = (0.2, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
-
-
-def decode_image(image: Any, channels: int) -> np.ndarray:
-  """bytes (JPEG/PNG) or uint8 array -> uint8 [H, W, channels]."""
-  if isinstance(image, (bytes, bytearray)):
-    with Image.open(io.BytesIO(image)) as im:
-      im = im.convert("L" if channels == 1 else "RGB")
-      arr = np.asarray(im)
-  else:
-    arr = np.asarray(image)
-  if arr.ndim == 2:
-    arr = arr[..., None]
-  if arr.shape[-1] != channels:
-    if arr.shape[-1] == 1:
-      arr = np.repeat(arr, channels, axis=-1)
-    elif channels == 1:
-      arr = np.asarray(Image.fromarray(arr[..., :3]).convert("L"))[..., None]
-    else:
-      raise ValueError(f"image has {arr.shape[-1]} channels, expected {channels}")
-  return arr.astype(np.uint8)
 
 
 def _resize(arr: np.ndarray, size: tuple[int, int], box=None) -> np.ndarray:
@@ -108,7 +88,6 @@ class Augment:
     randaug = (a.randaug_ops, a.randaug_magnitude, a.randaug_std) if a.randaug_ops else None
     seg = None
     if "seg" in a:
-      from ebm_pretrain.data import segmentation  # (it imports this module)
       seg = segmentation.SegAugment.from_config(a)
     return cls(crop_scale=tuple(a.crop_scale), flip=a.flip, randaug=randaug, segmentation=seg)
 
@@ -117,15 +96,12 @@ def decode_augment(element: dict, *, image_size: int, channels: int, train: bool
                    rng: np.random.Generator, resize_to: int | None = None,
                    augment: Augment = Augment()) -> dict:
   if "segmentation" in element:  # an image with its label map: data/segmentation.py
-    from ebm_pretrain.data import segmentation  # (it imports this module)
     return segmentation.decode_augment_segmentation(
         element, image_size=image_size, channels=channels, train=train, rng=rng,
         augment=augment.segmentation)
   label = np.int32(element.get("label", -1))
   try:
     arr = decode_image(element["image"], channels)
-    if arr.shape[0] < 1 or arr.shape[1] < 1:
-      raise ValueError(f"empty image {arr.shape}")
     if train:
       arr = random_resized_crop(arr, image_size, rng, tuple(augment.crop_scale))
       if augment.flip and rng.uniform() < 0.5:
@@ -234,7 +210,6 @@ def make_eval_dataset(source: Sequence[dict], *, batch_size: int, image_size: in
     blank = {"image": np.zeros((image_size, image_size, channels), np.uint8),
              "label": np.int32(-1), "valid": np.bool_(False)}
     if len(ds) and "segmentation" in source[lo]:  # batches carry label maps (undecoded check)
-      from ebm_pretrain.data import segmentation
       blank["mask"] = segmentation.blank(image_size, channels)[1]
     ds = grain.MapDataset.concatenate([ds, grain.MapDataset.source([blank] * pad)])
   return _prefetch(ds.batch(batch_size).to_iter_dataset(), num_workers)

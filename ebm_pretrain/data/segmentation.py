@@ -26,7 +26,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ebm_pretrain.data.pipeline import decode_image
+from ebm_pretrain.data.image import decode_image, decode_label_map
 from ebm_pretrain.errors import fail
 
 IGNORE = 255
@@ -118,7 +118,7 @@ def pad_to(image: np.ndarray, mask: np.ndarray, size: int):
 def decode_mask(mask, reduce_zero_label: bool = False) -> np.ndarray:
   """bytes (PNG) or array -> uint8 [H, W]; ``reduce_zero_label`` (ADE20K) maps
   class 0 ("other") to IGNORE and every other class c to c - 1."""
-  arr = decode_image(mask, 1)[..., 0] if isinstance(mask, (bytes, bytearray)) else np.asarray(mask)
+  arr = decode_label_map(mask) if isinstance(mask, (bytes, bytearray)) else np.asarray(mask)
   if arr.ndim == 3:
     arr = arr[..., 0]
   arr = arr.astype(np.uint8)

@@ -41,8 +41,9 @@ def main(argv: list[str]) -> None:
   rep.add_argument("--out", required=True)
   rep.add_argument("--readme", default=None, help="also update this file's claims block")
   a = p.parse_args(argv)
+  from ebm_pretrain import disk_full
   from ebm_pretrain.data.sources import DataSourceError
-  from ebm_pretrain.errors import CheckpointError, ConfigError
+  from ebm_pretrain.errors import CheckpointError, ConfigError, NoSpaceError
   try:
     if a.command == "run":
       run(a.grid, a.out, a.only, pretrained_from=a.pretrained_from)
@@ -50,6 +51,12 @@ def main(argv: list[str]) -> None:
       from ebm_pretrain.study import cost
       cost.measure(load_config_file(a.grid), a.out, a.rounds, grid_spec=a.grid)
     print(report(a.out, getattr(a, "readme", None)))
-  except (ConfigError, CheckpointError, DataSourceError, FileNotFoundError) as e:
+  except (ConfigError, CheckpointError, DataSourceError, FileNotFoundError, NoSpaceError) as e:
     print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except OSError as e:  # a cell, the grid or a report file found no space
+    if not disk_full.is_no_space(e):
+      raise
+    print(f"error: no space left on {e.filename or a.out}; the cells written so far are intact: "
+          "free space, then rerun the same command", file=sys.stderr)
     sys.exit(2)
