@@ -219,6 +219,9 @@ class Subset(Indexed):
 # must hold out the same images), never trained on. ``data.eval_split =
 # "holdout"`` evaluates on them.
 HOLDOUT = "holdout"
+# The frozen-feature evaluators' training bank (kNN, linear probe): the training
+# split without the holdout, whatever split is evaluated.
+BANK = "bank"
 _HOLDOUT_SEED = 20261130
 
 
@@ -237,16 +240,20 @@ def holdout_indices(n: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
 def get_train_source(data_cfg) -> Sequence[dict]:
   """The training split without the ``data.holdout`` validation examples, cut to
   ``data.train_fraction`` of the rest."""
-  source = get_source(data_cfg, data_cfg.split)
-  if data_cfg.holdout:
-    source = Indexed(source, holdout_indices(len(source), data_cfg.holdout)[1])
+  source = get_source(data_cfg, BANK)
   fraction = data_cfg.train_fraction
   return source if fraction == 1.0 else Subset(source, fraction, data_cfg.subset_seed)
 
 
 def get_source(data_cfg, split: str) -> Sequence[dict]:
   """A split of the configured data; ``"holdout"``: the validation examples held
-  out of the training split (``data.holdout``)."""
+  out of the training split (``data.holdout``); ``"bank"``: the training split
+  without them (what kNN and the probe train on)."""
+  if split == BANK:
+    train = get_source(data_cfg, data_cfg.split)
+    if not data_cfg.holdout:
+      return train
+    return Indexed(train, holdout_indices(len(train), data_cfg.holdout)[1])
   if split == HOLDOUT:
     if not data_cfg.holdout:
       raise DataSourceError("data.eval_split='holdout' needs data.holdout > 0 (how many "

@@ -1,7 +1,8 @@
 """``knn``: k-nearest-neighbour top-1 of frozen backbone features (DINO's weighted
 kNN): cosine similarity, the k nearest training features vote for their class
 with weight exp(similarity / T). Options: ``k`` (20), ``temperature`` (0.07),
-``train_examples`` (the first N of ``data.split``; <= 0: all), ``block`` and
+``train_examples`` (the first N of the training split without the holdout,
+``data.holdout``, whatever split is evaluated; <= 0: all), ``block`` and
 ``pool`` (a ViT's patch tokens instead of its pooled features: common.py)."""
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ebm_pretrain.data import sources
 from ebm_pretrain.evaluators.common import (FEATURE_OPTIONS, Evaluator,
                                             feature_options_problem, features)
 
@@ -56,8 +58,7 @@ class KNN(Evaluator):
 
   def run(self, params, model_state):
     s = self.spec
-    train_x, train_y = features(self, params, model_state, self.config.data.split,
-                                s["train_examples"])
+    train_x, train_y = features(self, params, model_state, sources.BANK, s["train_examples"])
     test_x, test_y = features(self, params, model_state, s["split"], s["examples"])
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     pred = knn_predict(train_x, train_y, test_x, num_classes=num_classes, k=s["k"],

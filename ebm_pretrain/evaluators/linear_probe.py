@@ -1,6 +1,7 @@
 """``linear_probe``: top-1 of a linear classifier on frozen backbone features.
 
-The features of the first ``train_examples`` images of ``data.split`` are
+The features of the first ``train_examples`` images of the training split
+without the holdout (``data.holdout``; whatever split is evaluated) are
 standardised (train statistics) and a softmax regression with L2 penalty ``l2``
 is fitted full-batch by ``steps`` of Adam (lr ``lr``) in one compiled loop;
 seconds for tens of thousands of examples. It measures linear separability
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ebm_pretrain.data import sources
 from ebm_pretrain.evaluators.common import (FEATURE_OPTIONS, Evaluator,
                                             feature_options_problem, features)
 
@@ -49,8 +51,7 @@ class LinearProbe(Evaluator):
 
   def run(self, params, model_state):
     s = self.spec
-    train_x, train_y = features(self, params, model_state, self.config.data.split,
-                                s["train_examples"])
+    train_x, train_y = features(self, params, model_state, sources.BANK, s["train_examples"])
     test_x, test_y = features(self, params, model_state, s["split"], s["examples"])
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     num_classes = int(max(train_y.max(), test_y.max())) + 1

@@ -2,24 +2,30 @@
 bytes every time, ``OUT/table.md`` (top-1 per method and evaluation, the
 pretraining runs, the claims), ``OUT/claims.md`` and the plots of ``plots.py``.
 
-Spread and verdicts: each number is the mean over seeds ± the sample standard
-deviation. A claim "A beats B" holds on an evaluation when mean(A) − mean(B)
-exceeds twice its standard error (√(s_A²/n_A + s_B²/n_B)); "A matches B" when it
-is not below minus twice that. A method run with one seed takes the pooled
-seed-to-seed deviation of that evaluation (over the methods with several).
+Spread and verdicts (``stats.py``): each number is the mean over seeds ± the
+sample standard deviation. A claim compares two methods on each of its
+evaluations; a method with fewer than ``MIN_SEEDS`` seeds "needs seeds" (no
+spread is borrowed from other methods). "A beats B": Welch's two-sided t-test;
+it holds when mean(A) > mean(B) at Holm-adjusted p < ``ALPHA``, is reversed when
+mean(A) < mean(B) at that level, and is "not shown" otherwise. "A matches or
+beats B": a one-sided non-inferiority test with a margin of ``MARGIN`` points
+(H1: mean(A) − mean(B) > −MARGIN); it holds at Holm-adjusted p < ``ALPHA``, is
+reversed when the whole 95% interval lies below −MARGIN, and is "not shown"
+otherwise. Holm–Bonferroni runs over the evaluations of one comparison.
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np
 
 from ebm_pretrain.study import cost as study_cost
-from ebm_pretrain.study import plots
+from ebm_pretrain.study import plots, stats
 
-VERDICT_SE = 2.0  # standard errors a difference must clear
+MIN_SEEDS = 3    # seeds each side of a comparison needs
+ALPHA = 0.05     # the level, after Holm's adjustment
+MARGIN = 0.5     # top-1 points: "matches" = not worse by this much
 
 
 def records(out: str) -> list[dict]:
@@ -55,15 +61,6 @@ def summary(rows: list[dict]) -> dict[str, dict[str, list[float]]]:
   return {e: {m: [v for _, v in sorted(vs)] for m, vs in ms.items()} for e, ms in out.items()}
 
 
-def pooled_std(by_method: dict[str, list[float]]) -> float:
-  """The seed-to-seed standard deviation pooled over the methods with 2+ seeds (nan if none)."""
-  groups = [v for v in by_method.values() if len(v) > 1]
-  dof = sum(len(v) - 1 for v in groups)
-  if not dof:
-    return math.nan
-  return math.sqrt(sum((len(v) - 1) * np.var(v, ddof=1) for v in groups) / dof)
-
-
 def _fmt(values: list[float]) -> str:
   mean = 100 * float(np.mean(values))
   if len(values) == 1:
@@ -71,40 +68,57 @@ def _fmt(values: list[float]) -> str:
   return f"{mean:.2f} ± {100 * float(np.std(values, ddof=1)):.2f} ({len(values)} seeds)"
 
 
-def compare(a: list[float], b: list[float], pooled: float, kind: str) -> tuple[float, float, str]:
-  """(mean(a) − mean(b), its standard error, verdict) in top-1 points."""
-  std = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else pooled
-  diff = 100 * (float(np.mean(a)) - float(np.mean(b)))
-  se = 100 * math.sqrt(std(a) ** 2 / len(a) + std(b) ** 2 / len(b))
-  if math.isnan(se):
-    return diff, se, "no spread yet"
-  if kind == "beats":
-    verdict = ("holds" if diff > VERDICT_SE * se else
-               "reversed" if diff < -VERDICT_SE * se else "within noise")
-  else:
-    verdict = "holds" if diff >= -VERDICT_SE * se else "reversed"
-  return diff, se, verdict
+def compare_row(a: dict[str, list[float]], b: dict[str, list[float]], kind: str) -> list[str]:
+  """One comparison over the evaluations both methods have ({eval: top-1 per
+  seed}): each cell the difference in points, its 95% interval, the
+  Holm-adjusted p-value and the verdict."""
+  evals = [e for e in a if e in b]
+  short = [e for e in evals if min(len(a[e]), len(b[e])) < MIN_SEEDS]
+  tests = {e: stats.welch([100 * v for v in a[e]], [100 * v for v in b[e]],
+                          margin=MARGIN if kind != "beats" else None)
+           for e in evals if e not in short}
+  adjusted = dict(zip(tests, stats.holm([t.p for t in tests.values()])))
+  out = {}
+  for e in short:
+    n = min(len(a[e]), len(b[e]))
+    out[e] = f"needs seeds ({n} of {MIN_SEEDS})"
+  for e, t in tests.items():
+    p = adjusted[e]
+    if kind == "beats":
+      verdict = "not shown" if p >= ALPHA else "holds" if t.diff > 0 else "reversed"
+    else:
+      verdict = ("holds" if p < ALPHA else "reversed" if t.ci[1] < -MARGIN else "not shown")
+    shown = "p<0.001" if p < 0.001 else f"p={p:.3f}"
+    out[e] = f"{t.diff:+.2f} [{t.ci[0]:+.2f}, {t.ci[1]:+.2f}] {shown} {verdict}"
+  return [out.get(e, "-") for e in a]
+
+
+CLAIMS_RULE = (
+    f"Each cell: mean difference in top-1 points, its 95% interval [Welch], the p-value "
+    f"adjusted by Holm–Bonferroni over the row's evaluations, the verdict at α = {ALPHA}. "
+    f"\"A > B\": Welch's two-sided t-test. \"A ≥ B\" (matches or beats): a one-sided "
+    f"non-inferiority test with a margin of {MARGIN} points; reversed when the whole "
+    f"interval lies below −{MARGIN}. A method with fewer than {MIN_SEEDS} seeds needs seeds.")
 
 
 def claims_table(s: dict, evals: list[str], claims: list[dict]) -> str:
-  """One row per comparison of the grid's ``claims``: the difference ± its standard
-  error and the verdict on each evaluation, and overall."""
+  """One row per comparison of the grid's ``claims`` (``compare_row``'s cells), and
+  its overall verdict."""
   if not claims:
     return ""
-  lines = ["| paper's claim | comparison | " + " | ".join(evals) + " | at this scale |",
+  lines = [CLAIMS_RULE, "",
+           "| paper's claim | comparison | " + " | ".join(evals) + " | at this scale |",
            "| --- | --- |" + " --- |" * len(evals) + " --- |"]
   for c in claims:
     for b in c["than"]:
-      cells, verdicts = [], []
-      for e in evals:
-        if c["method"] not in s[e] or b not in s[e]:
-          cells.append("-")
-          continue
-        diff, se, verdict = compare(s[e][c["method"]], s[e][b], pooled_std(s[e]), c["kind"])
-        cells.append(f"{diff:+.2f} ± {se:.2f} {verdict}")
-        verdicts.append(verdict)
-      held = sum(v == "holds" for v in verdicts)
+      a_vals = {e: s[e][c["method"]] for e in evals if c["method"] in s[e] and b in s[e]}
+      b_vals = {e: s[e][b] for e in a_vals}
+      row = dict(zip(a_vals, compare_row(a_vals, b_vals, c["kind"])))
+      cells = [row.get(e, "-") for e in evals]
+      verdicts = [cell.rsplit(" ", 1)[-1] for cell in row.values()]
+      held = verdicts.count("holds")
       overall = ("not measured" if not verdicts else
+                 "needs seeds" if any(v.startswith("needs seeds") for v in row.values()) else
                  "holds" if held == len(verdicts) else
                  "does not hold" if held == 0 else f"partly ({held} of {len(verdicts)})")
       sign = ">" if c["kind"] == "beats" else "≥"
@@ -125,7 +139,8 @@ def report(out: str, readme: str | None = None) -> str:
   """Writes OUT/table.md, OUT/claims.md and the plots from OUT alone; returns the
   table. With ``readme``, also replaces that file's results and claims blocks
   (the top-1 table and the claims, between ``<!-- results:begin -->`` and
-  ``<!-- results:end -->``, ``<!-- claims:begin -->`` and ``<!-- claims:end -->``)."""
+  ``<!-- results:end -->``, ``<!-- claims:begin -->`` and ``<!-- claims:end -->``;
+  ``test_results`` and ``test_claims`` for cells evaluated on the test split)."""
   rows, grid = records(out), read_grid(out)
   s = summary(rows)
   evals = sorted(s)
@@ -174,8 +189,7 @@ def report(out: str, readme: str | None = None) -> str:
                     f"is rerun: {', '.join(missing)}.")
   claims = claims_table(s, main_evals, grid.get("claims", []))
   if claims:
-    lines += ["", "Claims (difference in top-1 points ± its standard error; the verdict rule "
-              "is in `ebm_pretrain/study/report.py`):", "", claims.rstrip()]
+    lines += ["", "Claims:", "", claims.rstrip()]
   table = "\n".join(lines) + "\n"
   _write(os.path.join(out, "table.md"), table)
   _write(os.path.join(out, "claims.md"), claims)
@@ -183,8 +197,9 @@ def report(out: str, readme: str | None = None) -> str:
   plots.psnr_per_step(pre, os.path.join(out, "psnr_steps.png"))
   plots.top1_vs_n(s, main_evals, grid.get("n_sweep", {}), os.path.join(out, "top1_vs_n.png"))
   plots.top1_vs_wall(s, main_evals, pre, cost, os.path.join(out, "top1_vs_wall.png"))
-  if readme:
-    _replace_blocks(readme, {"results": top1_table, "claims": claims})
+  if readme:  # the blocks of the test split's report are test_results, test_claims
+    prefix = "test_" if split == ["test"] else ""
+    _replace_blocks(readme, {f"{prefix}results": top1_table, f"{prefix}claims": claims})
   return table
 
 

@@ -1,6 +1,7 @@
 """Running the cells of a grid: each pretraining, fine-tuning, kNN or linear
-probe writes ``OUT/cells/<id>.json`` (its full config, the commit, the seed,
-the wall time, img/s and every metric). A cell whose JSON exists is skipped; an
+probe writes ``OUT/cells/<id>.json`` (its full config, the commit, whether the
+tree differed from it and a hash of that diff, the XLA flags, the seed, the
+wall time, img/s and every metric). A cell whose JSON exists is skipped; an
 interrupted pretraining or fine-tuning resumes from its checkpoint in
 ``OUT/runs`` (not committed). The grid itself goes to ``OUT/grid.json``, so
 that the report needs nothing but OUT."""
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
 import json
 import os
 import subprocess
@@ -19,12 +21,18 @@ from ebm_pretrain.study.grid import (EVAL_FILTERS, PIXELS, REPO, Cell, cells, ha
                                      load_config_file, with_overrides)
 
 
-def _commit() -> str:
+def _source() -> dict:
+  """What ran a cell: the commit, whether the tracked files differed from it
+  (``dirty``) and a hash of that difference, and the XLA flags in force."""
+  def git(*args) -> str:
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, check=True).stdout
   try:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True, check=True).stdout.strip()
+    commit, diff = git("rev-parse", "HEAD").decode().strip(), git("diff", "HEAD")
   except (OSError, subprocess.CalledProcessError):
-    return "unknown"
+    commit, diff = "unknown", None
+  return dict(commit=commit, dirty=bool(diff) if diff is not None else None,
+              diff_sha256=hashlib.sha256(diff).hexdigest() if diff else None,
+              xla_flags=os.environ.get("XLA_FLAGS", ""))
 
 
 def speed(workdir: str, batch_size: int) -> dict:
@@ -164,7 +172,7 @@ def run(grid_spec: str, out: str, only: str = "*", log=print, pretrained_from: s
   from ebm_pretrain import fs
   fs.write_text(os.path.join(out, "grid.json"),
                 json.dumps(dict(spec=grid_spec, **grid.to_dict()), indent=1, sort_keys=True))
-  runner, commit, spent, done_here = Runner(grid, out, pretrained_from), _commit(), 0.0, 0
+  runner, source, spent, done_here = Runner(grid, out, pretrained_from), _source(), 0.0, 0
   import jax
   device = f"{jax.device_count()}x {jax.devices()[0].device_kind}"  # which machine ran it
   # The pretrainings' step times (study cost) come with them.
@@ -188,7 +196,7 @@ def run(grid_spec: str, out: str, only: str = "*", log=print, pretrained_from: s
     wall = time.time() - t
     if not result.get("metrics"):  # never a cell without its numbers (rerun: it resumes)
       raise RuntimeError(f"{cell.id}: its run returned no metrics; not recorded")
-    record = dict(cell=dataclasses.asdict(cell), id=cell.id, commit=commit, seed=cell.seed,
+    record = dict(cell=dataclasses.asdict(cell), id=cell.id, **source, seed=cell.seed,
                   wall_s=wall, grid=grid_spec, device=device, **result)
     fs.write_text(path, json.dumps(record, indent=1, sort_keys=True, default=float))
     spent, done_here = spent + wall, done_here + 1
