@@ -117,6 +117,31 @@ def test_the_test_split_run_reuses_the_validation_runs_pretrainings(tmp_path):
   with pytest.raises(ConfigError, match="pretrain/mixed/s1 is not finished in"):
     study.run("configs/study/tiny.py:steps=4,split=test", final, "knn/mixed/s1", log=quiet,
               pretrained_from=val)
+  # Provenance: the pretraining cell records its checkpoint's hash; each evaluation
+  # records the one it read; a checkpoint changed since is refused.
+  assert source["checkpoint"]["step"] == 4 and len(source["checkpoint"]["sha256"]) == 64
+  assert knn["pretrained_checkpoint"] == dict(source["checkpoint"],
+                                              path=os.path.join(val, "runs", "pretrain_mixed_s0"))
+  assert val_knn["pretrained_checkpoint"]["sha256"] == source["checkpoint"]["sha256"]
+  state = os.path.join(val, "runs", "pretrain_mixed_s0", "checkpoints", "4", "state")
+  victim = next(os.path.join(d, f) for d, _, fs in sorted(os.walk(state)) for f in sorted(fs))
+  with open(victim, "ab") as f:
+    f.write(b"\0")
+  with pytest.raises(ConfigError, match="not the step 4 .* its cell .* recorded: the "
+                                        "pretraining changed since"):
+    study.run("configs/study/tiny.py:steps=4,split=test", final, "ft/mixed/s0", log=quiet,
+              pretrained_from=val)
+
+
+def test_an_evaluation_waits_for_its_pretrainings_cell(tmp_path):
+  """(Parallel `study run --only` processes share an OUT.) A pretraining whose
+  cell is not recorded, still running or never run, is not evaluated."""
+  import pytest
+  from ebm_pretrain.errors import ConfigError
+  out = str(tmp_path / "out")
+  os.makedirs(os.path.join(out, "runs", "pretrain_mixed_s0", "checkpoints"))
+  with pytest.raises(ConfigError, match="pretrain/mixed/s0 has no finished cell .* still running"):
+    study.run("configs/study/tiny.py:steps=2", out, "knn/mixed/s0", log=lambda *a, **k: None)
 
 
 def test_diagnostic_evaluations_get_their_own_table_and_no_say_in_the_claims(tmp_path):

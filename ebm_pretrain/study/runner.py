@@ -1,7 +1,9 @@
 """Running the cells of a grid: each pretraining, fine-tuning, kNN or linear
 probe writes ``OUT/cells/<id>.json`` (its full config, the commit, whether the
 tree differed from it and a hash of that diff, the XLA flags, the seed, the
-wall time, img/s and every metric). A cell whose JSON exists is skipped; an
+wall time, img/s and every metric; a pretraining its final checkpoint's step
+and hash, an evaluation the pretrained checkpoint it read, refusing one whose
+cell is not recorded or whose checkpoint changed since). A cell whose JSON exists is skipped; an
 interrupted pretraining or fine-tuning resumes from its checkpoint in
 ``OUT/runs`` (not committed). The grid itself goes to ``OUT/grid.json``, so
 that the report needs nothing but OUT."""
@@ -45,6 +47,23 @@ def speed(workdir: str, batch_size: int) -> dict:
               train_images=max((r["step"] for r in rows), default=0) * batch_size)
 
 
+def checkpoint_digest(workdir: str) -> dict:
+  """The step a reader of ``workdir`` gets (its newest checkpoint) and a SHA-256
+  of that step folder's files (relative paths and bytes, in sorted order)."""
+  from ebm_pretrain import checkpoints
+  found = checkpoints.find(workdir)
+  root = os.path.join(found.checkpoints_dir, str(found.step))
+  h = hashlib.sha256()
+  for dirpath, dirs, files in os.walk(root):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(dirpath, name)
+      h.update(os.path.relpath(path, root).encode() + b"\0")
+      with open(path, "rb") as f:
+        h.update(f.read())
+  return dict(step=int(found.step), sha256=h.hexdigest())
+
+
 # Pretraining keys that only say where it is evaluated: a pretraining reused by a
 # grid that differs in them alone (the test-split run) is the same run.
 EVAL_ONLY_KEYS = ("data.eval_split",)
@@ -81,6 +100,26 @@ class Runner:
                         + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()))
     return dict(record, reused_from=src)
 
+  def read_pretraining(self, method: str, seed: int) -> dict:
+    """What an evaluation of ``method``'s pretraining reads: refused (ConfigError)
+    unless that pretraining's cell is recorded, here or in ``pretrained_from``
+    (a run still training has none), and unless its checkpoint is the one the
+    cell recorded; returns the checkpoint's path, step and hash."""
+    from ebm_pretrain.errors import ConfigError
+    cell = Cell("pretrain", method, seed)
+    src = os.path.join(self.pretrained_from or self.out, "cells", cell.file)
+    if not os.path.exists(src):
+      raise ConfigError(f"{cell.id} has no finished cell ({src}): its pretraining is still "
+                        "running or was never run; run it first")
+    path = self.pretrain_dir(method, seed)
+    got = dict(checkpoint_digest(path), path=path)
+    recorded = json.load(open(src)).get("checkpoint")
+    if recorded and (recorded["step"], recorded["sha256"]) != (got["step"], got["sha256"]):
+      raise ConfigError(f"{path} holds step {got['step']} (sha256 {got['sha256'][:12]}), not "
+                        f"the step {recorded['step']} (sha256 {recorded['sha256'][:12]}) its "
+                        f"cell {src} recorded: the pretraining changed since")
+    return got
+
   def pretrain_config(self, method: str, seed: int):
     """The config ``method``'s pretraining (or, for scratch and the pixels, its
     random-init features) runs with at ``seed``."""
@@ -100,13 +139,21 @@ class Runner:
       config, workdir = self.pretrain_config(cell.method, cell.seed), self.pretrain_dir(
           cell.method, cell.seed)
       _, metrics = train.train_and_evaluate(config, workdir)
-      return dict(config=config.to_dict(), metrics=metrics,
+      return dict(config=config.to_dict(), metrics=metrics, checkpoint=checkpoint_digest(workdir),
                   **speed(workdir, config.batch_size))
     e = g.evals[cell.eval]
     pretrained_method = has_pretraining(g.methods[cell.method])
     pre = self.pretrain_dir(cell.method, cell.seed) if pretrained_method else ""
-    if pre and self.pretrained_from:  # (checked here too: --only may leave its cell out)
-      self.reused_pretraining(Cell("pretrain", cell.method, cell.seed))
+    read = {}
+    if pre:
+      if self.pretrained_from:  # (checked here too: --only may leave its cell out)
+        self.reused_pretraining(Cell("pretrain", cell.method, cell.seed))
+      read = dict(pretrained_checkpoint=self.read_pretraining(cell.method, cell.seed))
+    return dict(self._evaluate(cell, e, pre), **read)
+
+  def _evaluate(self, cell: Cell, e, pre: str) -> dict:
+    from ebm_pretrain import train
+    g = self.grid
     if cell.kind == "finetune":
       arg = ",".join(filter(None, [e.arg, f"init={pre}" if pre else ""]))
       config = load_config_file(f"{g.finetune_config}:{arg}")
