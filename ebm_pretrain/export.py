@@ -27,36 +27,24 @@ import numpy as np
 EXIT_BAD_INPUT = 2
 
 
-def head_state(params: dict, model_state: dict) -> dict[str, np.ndarray]:
-  """timm's ``head.weight`` [classes, D] / ``head.bias`` of a classifier head; a
-  BatchNorm before it (linear probing) folded in: W (x − μ)/σ + b."""
-  dense = params["head"]["dense"]
-  w, b = np.asarray(dense["kernel"], np.float64), np.asarray(dense["bias"], np.float64)
-  stats = model_state.get("batch_stats", {}).get("norm")
-  if stats is not None:
-    from ebm_pretrain.objectives.supervised import BATCHNORM_EPS
-    inv = 1.0 / np.sqrt(np.asarray(stats["var"], np.float64) + BATCHNORM_EPS)
-    b = b - (np.asarray(stats["mean"], np.float64) * inv) @ w
-    w = w * inv[:, None]
-  return {"head.weight": w.T.astype(np.float32), "head.bias": b.astype(np.float32)}
-
-
-def export(init: str, output: str) -> dict:
-  """Writes ``output``/model.safetensors and config.json; returns the config."""
+def export(init: str, output: str, plugins=()) -> dict:
+  """Writes ``output``/model.safetensors and config.json; returns the config. The
+  head goes with the backbone where the objective offers one timm has
+  (``export_head``); config["head"] says which."""
   from safetensors.numpy import save_file
   from ebm_pretrain import models, pretrained
-  from ebm_pretrain.objectives.supervised import SupervisedObjective
-  model = pretrained.load(init)
+  model = pretrained.load(init, plugins=plugins)
   c = model.config
   mapping = models.timm_mapping(c.model.name)
   params = jax.device_get(model.params)
   backbone = model.objective.backbone_params(params)
   name, kwargs, state = mapping.to_timm(backbone, c.model.to_dict(), c.data.image_size,
                                         c.data.channels)
-  if isinstance(model.objective, SupervisedObjective):
-    state.update(head_state(params, jax.device_get(model.model_state)))
-    kwargs = dict(kwargs, num_classes=int(c.num_classes))
-  config = dict(architecture=name, kwargs=kwargs,
+  head = model.objective.export_head(params, jax.device_get(model.model_state))
+  if head is not None:
+    state.update(head["state"])
+    kwargs = dict(kwargs, **head["kwargs"])
+  config = dict(architecture=name, kwargs=kwargs, head=head is not None,
                 input_size=[c.data.channels, c.data.image_size, c.data.image_size],
                 mean=list(c.data.mean), std=list(c.data.std), objective=c.objective,
                 source=os.path.abspath(init), step=int(model.step))
@@ -73,16 +61,22 @@ def main(argv: list[str]) -> int:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--init", required=True, help="a workdir, checkpoints/N or best/")
   p.add_argument("--output", default="", help="default: INIT/timm")
+  p.add_argument("--plugin", action="append", default=[],
+                 help="a module to import first: the one that registered the checkpoint's "
+                 "objective, if it is not the package's")
   a = p.parse_args(argv)
   from ebm_pretrain.errors import CheckpointError
   output = a.output or os.path.join(a.init, "timm")
   try:
-    config = export(a.init, output)
+    config = export(a.init, output, plugins=a.plugin)
   except (CheckpointError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
-  print(f"Wrote {output}/model.safetensors and config.json: timm {config['architecture']} "
-        f"({config['kwargs'].get('num_classes', 0)} classes), from step {config['step']}")
+  head = (f"with its head ({config['kwargs'].get('num_classes', 0)} classes)" if config["head"]
+          else f"the backbone alone: the {config['objective']!r} objective offers no head timm "
+          "has (no export_head)")
+  print(f"Wrote {output}/model.safetensors and config.json: timm {config['architecture']}, "
+        f"{head}, from step {config['step']}")
   return 0
 
 

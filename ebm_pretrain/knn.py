@@ -33,7 +33,7 @@ def main(argv):
   from ebm_pretrain.errors import CheckpointError
   f = flags.FLAGS
   try:
-    model = pretrained.load(f.init)
+    model = pretrained.load(f.init, plugins=f.plugin)
     top1 = evaluate(model, train_examples=f.train_examples, eval_examples=f.eval_examples,
                     k=f.k, temperature=f.temperature)
   except (CheckpointError, DataSourceError) as e:
@@ -49,5 +49,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("eval_examples", 0, "Use the first N eval images (0: all).")
   flags.DEFINE_integer("k", 20, "Neighbours.")
   flags.DEFINE_float("temperature", 0.07, "Vote weight temperature.")
+  flags.DEFINE_multi_string("plugin", [], "A module to import first: the one that registered "
+                            "the checkpoint's objective, if it is not the package's.")
   flags.mark_flag_as_required("init")
   app.run(main)

@@ -6,6 +6,8 @@
   e = model.energy(images)                           # [B]   (energy checkpoints)
   chain = model.restore(corrupted, num_steps=2)      # [N, B, H, W, C] in [0, 1]
   cols = model.restoration_columns(images, task="sr4")  # corrupted, steps, original
+  model.logits(images)                               # [B, C]  (classifier checkpoints)
+  model.capabilities()                               # what its objective offers, by name
   model.config                                       # the config it was trained with
 
 ``images`` are [B, H, W, C] arrays: uint8 in [0, 255], or float in [0, 1]. The
@@ -14,6 +16,7 @@ training normalisation (``config.data.mean/std``) is applied here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -21,10 +24,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ebm_pretrain import checkpoints, energy, objectives, recipes
+from ebm_pretrain import checkpoints, objectives, recipes, workdir as workdir_lib
 from ebm_pretrain.data import normalization
-from ebm_pretrain.objectives.restoration import EnergyObjective, check_corruption, make_corruption
-from ebm_pretrain.objectives.supervised import SupervisedObjective
+from ebm_pretrain.objectives.restoration import check_corruption, make_corruption
+
+
+class CapabilityError(ValueError):
+  """A trained model asked for something its objective does not offer."""
 
 
 @dataclasses.dataclass
@@ -39,14 +45,28 @@ class Pretrained:
     self.objective = objectives.get(self.config)
     d = self.config.data
     self._mean, self._std = tuple(d.mean), tuple(d.std)
-    # Compiled once per input shape (and per num_steps), not per call.
-    self._features = jax.jit(self.objective.features)
-    if isinstance(self.objective, EnergyObjective):  # pixel restoration
-      obj = self.objective
-      self._energy = jax.jit(obj.energy_fn)
-      self._restore = jax.jit(
-          lambda p, x, n: energy.restore(obj.energy_fn, p["model"], x, obj.alpha(p), n,
-                                         unroll=obj.config.unroll), static_argnums=2)
+    self._offered = self.objective.predict_fns()
+    self._compiled = {}  # each compiled once per input shape (and options), not per call
+
+  def capabilities(self) -> list[str]:
+    """What this model offers by name (the objective's ``predict_fns``)."""
+    return sorted(self._offered)
+
+  def _require(self, name: str, what: str) -> None:
+    """A CapabilityError naming the objective and what it offers, unless it offers ``name``."""
+    if name not in self._offered:
+      raise CapabilityError(
+          f"{what} needs a model that offers {name!r}; {self.path} holds a model of the "
+          f"{self.config.objective!r} objective, which offers {', '.join(self.capabilities())}")
+
+  def _fn(self, name: str, what: str, **static):
+    """The compiled predict function ``name`` (``static``: its options)."""
+    self._require(name, what)
+    key = (name, tuple(sorted(static.items())))
+    if key not in self._compiled:
+      fn = functools.partial(self._offered[name], **static)
+      self._compiled[key] = jax.jit(lambda p, s, x, *args: fn(p, s, x, *args))
+    return self._compiled[key]
 
   # -- inputs ------------------------------------------------------------------
   def _normalize(self, images) -> jax.Array:
@@ -59,30 +79,36 @@ class Pretrained:
       raise ValueError(f"images must be uint8 in [0, 255] or float in [0, 1], got {x.dtype}")
     return normalization.normalize(x, self._mean, self._std)
 
+  def _call(self, name: str, what: str, images, *args, **static):
+    return self._fn(name, what, **static)(self.params, self.model_state,
+                                          self._normalize(images), *args)
+
   # -- outputs -----------------------------------------------------------------
   def features(self, images) -> jax.Array:
     """Backbone features [B, D] (the input of the energy or classifier head)."""
-    return self._features(self.params, self.model_state, self._normalize(images))
-
-  def _energy_objective(self, what: str):
-    if not isinstance(self.objective, EnergyObjective):
-      raise ValueError(f"{what} needs a pixel-restoration energy checkpoint; {self.path} holds "
-                       f"a {self.config.objective!r} model")
-    return self.objective
+    return self._call("features", "features()", images)
 
   def energy(self, images) -> jax.Array:
     """Scalar energies E(x) [B]."""
-    self._energy_objective("energy()")
-    return self._energy(self.params["model"], self._normalize(images))
+    return self._call("energy", "energy()", images)
+
+  def logits(self, images) -> jax.Array:
+    """Class logits [B, num_classes] (fine-tuned / linear-probe checkpoints, or
+    any objective whose head classifies)."""
+    return self._call("logits", "logits()", images)
+
+  def _steps(self, num_steps: int | None) -> int:
+    n = int(num_steps or self.config.get("inner_steps", 0))
+    if n < 1:
+      raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    return n
 
   def restore(self, corrupted_images, num_steps: int | None = None) -> jax.Array:
     """The N-step restoration chain x^1..x^N of corrupted images, [N, B, H, W, C],
     in [0, 1] pixel space. ``num_steps`` defaults to the training N."""
-    self._energy_objective("restore()")
-    n = int(num_steps or self.config.inner_steps)
-    if n < 1:
-      raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    chain = self._restore(self.params, self._normalize(corrupted_images), n)
+    self._require("restore", "restore()")
+    chain = self._call("restore", "restore()", corrupted_images,
+                       num_steps=self._steps(num_steps))
     return normalization.to_pixels(chain, self._mean, self._std)
 
   def restoration_columns(self, images, task: str = "", num_steps: int | None = None,
@@ -90,38 +116,44 @@ class Pretrained:
     """``images`` corrupted by ``task`` (a corruption spec; default: the training
     one) and restored: {"corrupted", "step_1" .. "step_N", "original"}, each
     [B, H, W, C] in the normalised space (``pictures.grid`` draws them)."""
-    obj = self._energy_objective("restoration_columns()")
-    n = int(num_steps or self.config.inner_steps)
-    if n < 1:
-      raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    corrupt = obj.corrupt
+    what = "restoration_columns()"
+    self._require("restore", what)
+    restore = self._fn("restore", what, num_steps=self._steps(num_steps))
+    x = self._normalize(images)
+    rng = jax.random.PRNGKey(seed)
     if task:
       config = self.config.copy_and_resolve_references()
       config.task = task
       if task != self.config.task:  # the training task's options belong to it
         config.task_kwargs = ml_collections.ConfigDict()
       check_corruption(config, field="task")
-      corrupt = make_corruption(config)
-    x = self._normalize(images)
-    corrupted = corrupt(jax.random.PRNGKey(seed), x)
-    chain = self._restore(self.params, corrupted, n)
-    return {"corrupted": corrupted, **{f"step_{i + 1}": chain[i] for i in range(n)},
+      corrupted = make_corruption(config)(rng, x)
+    else:
+      corrupted = self._fn("corrupt", what)(self.params, self.model_state, x, rng)
+    chain = restore(self.params, self.model_state, corrupted)
+    return {"corrupted": corrupted, **{f"step_{i + 1}": chain[i] for i in range(len(chain))},
             "original": x}
 
-  def logits(self, images) -> jax.Array:
-    """Class logits [B, num_classes] (fine-tuned / linear-probe checkpoints)."""
-    if not isinstance(self.objective, SupervisedObjective):
-      raise ValueError(f"logits() needs a classifier checkpoint; {self.path} holds an "
-                       f"{self.config.objective!r} model")
-    logits, _ = self.objective.logits(self.params, self.model_state, self._normalize(images))
-    return logits
 
-
-def load(path: str) -> Pretrained:
+def load(path: str, plugins=()) -> Pretrained:
   """A trained model from a workdir (its newest checkpoint), a ``checkpoints`` or
-  ``best`` folder, or one step folder. Raises CheckpointError if there is none."""
+  ``best`` folder, or one step folder. Raises CheckpointError if there is none.
+  ``plugins``: modules to import first, such as the one that registered an
+  objective from outside the package (its checkpoint names it; nothing is
+  imported because a checkpoint says so)."""
+  import importlib
+  for module in plugins:
+    importlib.import_module(module)
   found = checkpoints.find(path)
-  config = recipes.complete(checkpoints.read_config(found).to_dict())
+  config = checkpoints.read_config(found)
+  if config.get("objective", "") not in objectives.names() and found.workdir is not None:
+    module = workdir_lib.read_plugin(found.workdir, config.objective)
+    if module:
+      raise checkpoints.CheckpointError(
+          f"{path} holds a {config.objective!r} model, an objective registered by the module "
+          f"{module!r}: import it first (or pass plugins=[{module!r}]; --plugin={module} on "
+          "the command lines)")
+  config = recipes.complete(config.to_dict())
   step, state = checkpoints.restore_state(found, ("params", "ema", "model_state"))
   return Pretrained(config=config, params=checkpoints.model_params(state), step=step, path=path,
                     model_state=state.get("model_state") or {})

@@ -12,9 +12,17 @@ class Registry:
   def __init__(self, field: str, entries: dict[str, object]):
     self.field = field  # the config field that names an entry, for messages
     self._entries = dict(entries)
+    self._plugins: dict[str, str] = {}  # name -> the module outside the package that registered it
 
   def register(self, name: str, cls) -> None:
     self._entries[name] = cls
+    module = getattr(cls, "__module__", "")
+    if module and not module.startswith("ebm_pretrain."):
+      self._plugins[name] = module
+
+  def plugin_module(self, name: str) -> str | None:
+    """The module that registered ``name``, if it is not the package's own."""
+    return self._plugins.get(name)
 
   def names(self) -> list[str]:
     return sorted(self._entries)

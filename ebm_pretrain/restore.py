@@ -72,6 +72,9 @@ def main(argv: list[str]) -> int:
   p.add_argument("--steps", type=int, default=0, help="restoration steps (default: the training N)")
   p.add_argument("--seed", type=int, default=0, help="the corruption's random seed")
   p.add_argument("--limit", type=int, default=16, help="at most this many images")
+  p.add_argument("--plugin", action="append", default=[],
+                 help="a module to import first: the one that registered the checkpoint's "
+                 "objective, if it is not the package's")
   p.add_argument("--resize", choices=("short_side", "none"), default="short_side",
                  help="short_side (default): the short side to the model's size, then the "
                  "central square, as evaluation does; none: each image at its own size")
@@ -79,7 +82,6 @@ def main(argv: list[str]) -> int:
 
   from ebm_pretrain import pictures, pretrained
   from ebm_pretrain.errors import CheckpointError, ConfigError
-  from ebm_pretrain.objectives.restoration import EnergyObjective
   from PIL import Image
 
   def fail(msg: str) -> int:
@@ -89,12 +91,13 @@ def main(argv: list[str]) -> int:
   if not os.path.isdir(a.images):
     return fail(f"--images={a.images}: not a folder")
   try:
-    model = pretrained.load(a.init)
+    model = pretrained.load(a.init, plugins=a.plugin)
   except CheckpointError as e:
     return fail(str(e))
-  if not isinstance(model.objective, EnergyObjective):
-    return fail(f"{a.init} holds a {model.config.objective!r} model; restore needs a "
-                "pixel-restoration energy checkpoint (objective=energy)")
+  if "restore" not in model.capabilities():
+    return fail(f"{a.init} holds a {model.config.objective!r} model; restore needs one that "
+                f"offers 'restore' (a pixel-restoration energy checkpoint, objective=energy); "
+                f"it offers {', '.join(model.capabilities())}")
   size = model.config.data.image_size
   good, bad = read_images(a.images, model.config.data.channels, a.limit,
                           size if a.resize == "short_side" else None)

@@ -147,6 +147,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # A resumed run must train with the config its checkpoints were made with.
     workdir_lib.write_config(workdir, config, resuming_at=ckpts.manager.latest_step(),
                              write=primary, log=log)
+    if primary:  # (a plug-in objective: which module registered it)
+      module = objectives.plugin_module(config.objective)
+      workdir_lib.write_plugin(workdir, config.objective, module)
     return _run(config, workdir, devices, source, ckpts, log)
 
 

@@ -24,6 +24,7 @@ from ebm_pretrain import fs, tasks
 from ebm_pretrain.trees import dotted
 
 LOCK_FILE = "run.lock"
+PLUGIN_FILE = "objective.json"  # a plug-in objective's registered name and its module
 HEARTBEAT_S = 30.0
 CONFIG_FILE = "config.json"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
@@ -208,6 +209,23 @@ def write_config(workdir: str, config: ml_collections.ConfigDict, *, resuming_at
           f"{CONFIG_CHANGES_FILE}):\n{lines}")
   if write:
     fs.write_text(p, config.to_json_best_effort(indent=2))
+
+
+def write_plugin(workdir: str, objective: str, module: str | None) -> None:
+  """Records which module registered ``objective`` when it is not the package's
+  (``pretrained.load`` names it to the user; it never imports it itself)."""
+  if module:
+    fs.write_text(fs.path(workdir) / PLUGIN_FILE,
+                  json.dumps(dict(objective=objective, module=module)))
+
+
+def read_plugin(workdir: str, objective: str) -> str | None:
+  """The module recorded for ``objective`` in ``workdir``, if any."""
+  try:
+    record = json.loads((fs.path(workdir) / PLUGIN_FILE).read_text())
+  except (OSError, ValueError):
+    return None
+  return record.get("module") if record.get("objective") == objective else None
 
 
 def prepare(workdir: str, primary: bool) -> None:

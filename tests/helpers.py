@@ -42,6 +42,29 @@ def run_main(config: str, workdir: str, *overrides: str, num_devices: int = 1,
   return proc
 
 
+def write_idx(path, array) -> None:
+  """A gzipped IDX file (Fashion-MNIST's format) of a uint8 array."""
+  import gzip
+  import struct
+  header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I",
+                                                                     *array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def fake_idx_dir(idx, n_train=300, n_test=50):
+  """A folder of the four Fashion-MNIST IDX files, random images: what tests read
+  instead of Debian's dataset-fashion-mnist."""
+  idx.mkdir()
+  rng = np.random.default_rng(0)
+  for name, arr in [("train-images-idx3-ubyte.gz", rng.integers(0, 256, (n_train, 28, 28))),
+                    ("train-labels-idx1-ubyte.gz", np.arange(n_train) % 10),
+                    ("t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n_test, 28, 28))),
+                    ("t10k-labels-idx1-ubyte.gz", np.arange(n_test) % 10)]:
+    write_idx(str(idx / name), arr)
+  return idx
+
+
 def free_port() -> int:
   """A local TCP port nobody listens on (for a coordinator_address)."""
   import socket

@@ -1,7 +1,6 @@
 """Sources and the grain pipeline."""
 import gzip
 import os
-import struct
 import subprocess
 import sys
 import time
@@ -11,13 +10,7 @@ import pytest
 from PIL import Image
 
 from ebm_pretrain.data import fashion_mnist_offline, pipeline, sources
-from helpers import load_config, train_inprocess
-
-
-def _write_idx(path, array):
-  header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-  with gzip.open(path, "wb") as f:
-    f.write(header + array.astype(np.uint8).tobytes())
+from helpers import fake_idx_dir, load_config, train_inprocess, write_idx
 
 
 def test_offline_fashion_mnist_builder_reads_idx_files(tmp_path):
@@ -29,7 +22,7 @@ def test_offline_fashion_mnist_builder_reads_idx_files(tmp_path):
                     ("train-labels-idx1-ubyte.gz", np.arange(12) % 10),
                     ("t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (5, 28, 28))),
                     ("t10k-labels-idx1-ubyte.gz", np.arange(5))]:
-    _write_idx(str(idx / name), arr)
+    write_idx(str(idx / name), arr)
   np.testing.assert_array_equal(fashion_mnist_offline.read_idx(str(idx / "train-images-idx3-ubyte.gz")),
                                 train_images)
   src = sources.fashion_mnist_source("train", str(tmp_path / "tfds"), str(idx))
@@ -41,21 +34,11 @@ def test_offline_fashion_mnist_builder_reads_idx_files(tmp_path):
   assert len(sources.fashion_mnist_source("test", str(tmp_path / "tfds"), str(idx))) == 5
 
 
-def _fake_idx_dir(idx, n_train=300, n_test=50):
-  idx.mkdir()
-  rng = np.random.default_rng(0)
-  for name, arr in [("train-images-idx3-ubyte.gz", rng.integers(0, 256, (n_train, 28, 28))),
-                    ("train-labels-idx1-ubyte.gz", np.arange(n_train) % 10),
-                    ("t10k-images-idx3-ubyte.gz", rng.integers(0, 256, (n_test, 28, 28))),
-                    ("t10k-labels-idx1-ubyte.gz", np.arange(n_test) % 10)]:
-    _write_idx(str(idx / name), arr)
-
-
 def test_processes_started_together_build_the_dataset_once(tmp_path):
   # Parallel study streams (or a host's processes) on a fresh machine: each finds
   # no dataset and builds it. Unguarded, TFDS's rename fails in all but one, and
   # that one's clean-up deleted the dataset the others then tried to read.
-  _fake_idx_dir(tmp_path / "idx")
+  fake_idx_dir(tmp_path / "idx")
   start = time.time() + 10  # past every child's imports: they build together
   code = ("import sys, time; from ebm_pretrain.data import sources; "
           f"time.sleep(max(0, {start} - time.time())); "

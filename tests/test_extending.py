@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ebm_pretrain import corruptions, recipes, train
-from helpers import ROOT, load_config
+from helpers import ROOT, cli_env, load_config
 
 
 def _plugin(name):
@@ -60,6 +60,58 @@ def test_an_objective_in_one_file_pretrains_and_fine_tunes(tmp_path, capsys):
   ft = load_config("tiny_finetune", f"init={tmp_path / 'pre'},steps=2")
   _train(ft, str(tmp_path / "ft"))
   assert "Initialised the backbone from" in capsys.readouterr().out
+
+
+def test_a_plugin_objectives_checkpoint_is_used_by_capability_in_a_fresh_process(tmp_path):
+  """Pretrained with the rotation plug-in (imported as a user would); then in a new
+  process: refused in one line naming the module to import, and once it is
+  imported (``plugins=``), its logits and features work, what it does not offer is
+  a one-line CapabilityError, and export takes the backbone alone, saying so."""
+  import subprocess
+  import sys
+  plugins = os.path.join(ROOT, "tests", "plugins")
+  sys.path.insert(0, plugins)
+  try:
+    import rotation_objective  # noqa: F401  (registers "rotation" from its own module)
+  finally:
+    sys.path.remove(plugins)
+  c = _tiny()
+  recipes.set_objective(c, "rotation")
+  wd = str(tmp_path / "rot")
+  _train(c, wd)
+  assert json.load(open(os.path.join(wd, "objective.json"))) == dict(
+      objective="rotation", module="rotation_objective")
+  code = f"""
+import sys, numpy as np
+from ebm_pretrain import export, pretrained
+from ebm_pretrain.errors import CheckpointError
+try:
+  pretrained.load({wd!r})
+except CheckpointError as e:
+  print("REFUSED", e)
+sys.path.insert(0, {plugins!r})
+m = pretrained.load({wd!r}, plugins=["rotation_objective"])
+x = np.zeros((2, 16, 16, 3), np.uint8)
+print("CAPS", m.capabilities(), m.logits(x).shape, m.features(x).shape)
+try:
+  m.energy(x)
+except pretrained.CapabilityError as e:
+  print("CAPABILITY", e)
+print("HEAD", export.export({wd!r}, {str(tmp_path / "timm")!r}, plugins=["rotation_objective"])["head"])
+"""
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env(1),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = dict(line.split(" ", 1) for line in proc.stdout.splitlines()
+             if line.split(" ", 1)[0] in ("REFUSED", "CAPS", "CAPABILITY", "HEAD"))
+  assert out["REFUSED"] == (
+      f"{wd} holds a 'rotation' model, an objective registered by the module "
+      "'rotation_objective': import it first (or pass plugins=['rotation_objective']; "
+      "--plugin=rotation_objective on the command lines)")
+  assert out["CAPS"] == "['features', 'logits'] (2, 4) (2, 32)"  # 4 rotations; mu/4 width 32
+  assert out["CAPABILITY"] == (f"energy() needs a model that offers 'energy'; {wd} holds a model "
+                               "of the 'rotation' objective, which offers features, logits")
+  assert out["HEAD"] == "False"
 
 
 def test_an_evaluator_in_one_file_runs_when_listed(tmp_path):

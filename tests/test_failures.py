@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from ebm_pretrain import checkpoints, fs, metrics, pretrained, train, workdir as workdir_lib
-from ebm_pretrain.data import fashion_mnist_offline, sources
+from ebm_pretrain.data import sources
 from fake_gcs import fake_gcs
-from helpers import ROOT, assert_trees_close, cli_env, latest_params, load_config
+from helpers import ROOT, assert_trees_close, cli_env, fake_idx_dir, latest_params, load_config
 
 ONE_DEVICE = dict(devices=jax.devices()[:1])
 
@@ -330,11 +330,10 @@ def test_bad_command_lines_are_one_line_with_exit_2(tmp_path):
 
 
 def test_truncated_fashion_mnist_is_named_and_leaves_nothing_built(tmp_path):
-  idx = tmp_path / "idx"
-  idx.mkdir()
-  for f in os.listdir(fashion_mnist_offline.DEFAULT_IDX_DIR):
-    data = open(os.path.join(fashion_mnist_offline.DEFAULT_IDX_DIR, f), "rb").read()
-    (idx / f).write_bytes(data[:len(data) // 2] if f.startswith("t10k-images") else data)
+  idx = fake_idx_dir(tmp_path / "idx")  # (tests never read Debian's files)
+  test_images = idx / "t10k-images-idx3-ubyte.gz"
+  data = test_images.read_bytes()
+  test_images.write_bytes(data[:len(data) // 2])
   cfg = load_config("demo").data
   cfg.idx_dir, cfg.data_dir = str(idx), str(tmp_path / "tfds")
   with pytest.raises(sources.DataSourceError, match="t10k-images-idx3-ubyte.gz"):

@@ -15,7 +15,8 @@ from ebm_pretrain.evaluators.knn import knn_predict
 from ebm_pretrain.models import loading, vit
 from ebm_pretrain.objectives.supervised import SupervisedObjective
 from ebm_pretrain.data import randaug
-from helpers import assert_trees_close, latest_params, load_config, run_main, train_inprocess
+from helpers import (assert_trees_close, fake_idx_dir, latest_params, load_config, run_main,
+                     train_inprocess)
 
 DUMMY = jnp.zeros((1, 16, 16, 3))
 
@@ -247,8 +248,10 @@ def test_linear_probe_trains_only_the_head(tmp_path, tiny_pretrain):
 
 
 def test_pretrained_api_on_a_demo_checkpoint(tmp_path):
-  wd = str(tmp_path / "demo")
-  train_inprocess("demo:steps=2", wd, eval_examples=0, batch_size=16)
+  wd = str(tmp_path / "demo")  # the demo's model, on IDX files of its own (nothing in ~)
+  train_inprocess("demo:steps=2", wd, eval_examples=0, batch_size=16,
+                  **{"data.idx_dir": str(fake_idx_dir(tmp_path / "idx")),
+                     "data.data_dir": str(tmp_path / "tfds")})
   model = pretrained.load(wd)
   assert model.config.model.variant == "nano/7" and model.step == 2
   images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
@@ -266,7 +269,11 @@ def test_pretrained_api_on_a_demo_checkpoint(tmp_path):
   np.testing.assert_allclose(chain, np.clip(want * 0.3530 + 0.2860, 0, 1), atol=1e-5)
   with pytest.raises(ValueError, match=r"images must be \[B, H, W, 1\].*got shape \(3, 28, 28\)"):
     model.features(images[..., 0])
-  with pytest.raises(ValueError, match="logits\\(\\) needs a classifier checkpoint"):
+  assert model.capabilities() == ["corrupt", "energy", "features", "restore"]
+  with pytest.raises(pretrained.CapabilityError,
+                     match=r"logits\(\) needs a model that offers 'logits'; .* holds a model of "
+                           r"the 'energy' objective, which offers corrupt, energy, features, "
+                           r"restore$"):
     model.logits(images)
 
 

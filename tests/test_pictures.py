@@ -108,7 +108,9 @@ def test_restore_draws_a_folder_and_names_each_bad_file(tiny_pretrain, tmp_path,
   ft = str(tmp_path / "ft")  # a classifier restores nothing
   train_inprocess(f"tiny_finetune:init={tiny_pretrain},steps=1", ft, eval_examples=0)
   assert restore.main([f"--init={ft}", f"--images={folder}", f"--output={out}"]) == 2
-  assert "holds a 'supervised' model; restore needs" in capsys.readouterr().err
+  assert ("holds a 'supervised' model; restore needs one that offers 'restore' (a "
+          "pixel-restoration energy checkpoint, objective=energy); it offers features, logits"
+          in capsys.readouterr().err)
 
 
 def test_restore_brings_a_users_images_of_any_size_to_the_model(tiny_pretrain, tmp_path, capsys):

@@ -31,6 +31,11 @@ def names() -> list[str]:
   return _REGISTRY.names()
 
 
+def plugin_module(name: str) -> str | None:
+  """The module outside the package that registered the objective ``name``."""
+  return _REGISTRY.plugin_module(name)
+
+
 def get_class(name: str):
   return _REGISTRY.get(name)
 
@@ -40,4 +45,5 @@ def get(config) -> Objective:
   return get_class(config.objective)(config)
 
 
-__all__ = ["Base", "Objective", "get", "get_class", "model_kwargs", "names", "register"]
+__all__ = ["Base", "Objective", "get", "get_class", "model_kwargs", "names", "plugin_module",
+           "register"]

@@ -3,7 +3,9 @@ to, and ``Base``, which gives every objective its defaults (so that nothing asks
 ``hasattr``).
 
 An objective owns its model and how to initialise it, its loss on a normalised
-batch and that loss's gradient, the pictures it draws, the metric names it
+batch and that loss's gradient, what a trained model offers (``predict_fns``:
+big_vision's named predict functions, which ``pretrained``, ``export``,
+``restore`` and the evaluators ask for by name), the pictures it draws, the metric names it
 shows on the console, the evaluators it is judged by when ``config.evals`` is
 empty, its config defaults (``defaults``, applied by ``recipes.set_objective``)
 and its config checks (``check``, called by ``validate``). Parameters are one
@@ -47,6 +49,8 @@ class Objective(Protocol):
   def init_from(self, params, path: str, log=print) -> dict: ...
   def backbone_params(self, params) -> dict: ...
   def features(self, params, model_state, images): ...
+  def predict_fns(self) -> dict: ...
+  def export_head(self, params, model_state) -> dict | None: ...
   def visualize(self, params, batch, rng, model_state=None) -> dict | None: ...
   def console_metrics(self) -> list[str]: ...
   @classmethod
@@ -119,6 +123,19 @@ class Base:
     t = (self.backbone.apply(bound, images, tokens=True) if block is None else
          self.backbone.apply(bound, images, block=block))
     return t.mean(1) if pool == "gap" else t.reshape(t.shape[0], -1)
+
+  def predict_fns(self) -> dict:
+    """What a trained model offers, by name: each ``fn(params, model_state, images,
+    **options)`` on normalised images [B, H, W, C]. ``features`` -> [B, D]
+    (every objective); an objective adds what it can: ``logits`` -> [B, ...]
+    (a classifier head), ``energy`` -> [B], ``restore`` (``num_steps``) ->
+    [N, B, H, W, C], ``corrupt`` (``rng``) -> its training corruption."""
+    return {"features": self.features}
+
+  def export_head(self, params, model_state) -> dict | None:
+    """``{"state": timm head tensors, "kwargs": timm.create_model kwargs}`` for a
+    head timm has (``python -m ebm_pretrain.export``), or None: the backbone alone."""
+    return None
 
   def visualize(self, params, batch, rng, model_state=None) -> dict | None:
     """Named normalised images to draw side by side (``pictures.grid``), or None

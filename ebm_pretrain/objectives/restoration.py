@@ -138,6 +138,14 @@ class EnergyObjective(EnergyModelObjective):
     x = batch["image"]
     return Problem(self.energy_fn, self.corrupt(rng, x), x, self.config.loss)
 
+  def predict_fns(self) -> dict:
+    def restore(params, model_state, images, num_steps: int):
+      return energy.restore(self.energy_fn, params["model"], images, self.alpha(params),
+                            num_steps, unroll=self.config.unroll)
+    return dict(super().predict_fns(), restore=restore,
+                energy=lambda params, model_state, images: self.energy_fn(params["model"], images),
+                corrupt=lambda params, model_state, images, rng: self.corrupt(rng, images))
+
   def visualize(self, params, batch, rng, model_state=None) -> dict[str, jax.Array]:
     """Corrupted input, each restoration step, and the original (normalised)."""
     p = self.problem(batch, rng)

@@ -56,6 +56,11 @@ class SegmentationObjective(Base):
     variables = {"params": params, **model_state}
     return self.model.apply(variables, images), model_state
 
+  def predict_fns(self) -> dict:
+    return dict(super().predict_fns(),
+                logits=lambda params, model_state, images: self.logits(params, model_state,
+                                                                        images)[0])
+
   def loss(self, params, model_state, batch, rng):
     """Mean cross-entropy over the labelled pixels, plus ``seg.aux_weight`` times
     the auxiliary head's (BEiT / MAE: 0.4)."""

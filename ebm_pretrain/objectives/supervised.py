@@ -10,6 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ebm_pretrain import mixing
 from ebm_pretrain.errors import fail
@@ -102,6 +103,24 @@ class SupervisedObjective(Base):
     ce = -jnp.sum(targets * jax.nn.log_softmax(logits), axis=-1)
     acc = weighted_mean(jnp.argmax(logits, -1) == batch["label"], w)
     return weighted_mean(ce, w), ({"accuracy": acc}, model_state)
+
+  def predict_fns(self) -> dict:
+    return dict(super().predict_fns(),
+                logits=lambda params, model_state, images: self.logits(params, model_state,
+                                                                        images)[0])
+
+  def export_head(self, params, model_state) -> dict:
+    """timm's ``head.weight`` [classes, D] / ``head.bias``; a BatchNorm before the
+    head (linear probing) folded in: W (x − μ)/σ + b."""
+    dense = params["head"]["dense"]
+    w, b = np.asarray(dense["kernel"], np.float64), np.asarray(dense["bias"], np.float64)
+    stats = model_state.get("batch_stats", {}).get("norm")
+    if stats is not None:
+      inv = 1.0 / np.sqrt(np.asarray(stats["var"], np.float64) + BATCHNORM_EPS)
+      b = b - (np.asarray(stats["mean"], np.float64) * inv) @ w
+      w = w * inv[:, None]
+    return {"state": {"head.weight": w.T.astype(np.float32), "head.bias": b.astype(np.float32)},
+            "kwargs": {"num_classes": int(self.config.num_classes)}}
 
   def console_metrics(self) -> list[str]:
     return ["loss", "accuracy"]

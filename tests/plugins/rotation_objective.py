@@ -46,6 +46,13 @@ class RotationObjective(objectives.Base):
     acc = weighted_mean(jnp.argmax(logits, -1) == k, w)
     return weighted_mean(ce, w), ({"rotation_accuracy": acc}, model_state)
 
+  def predict_fns(self):
+    """A classifier of rotations: its head's logits [B, 4] beside the features."""
+    def logits(params, model_state, images):
+      return self.head.apply({"params": params["head"]}, self.features(params, model_state,
+                                                                       images))
+    return dict(super().predict_fns(), logits=logits)
+
   def console_metrics(self):
     return ["loss", "rotation_accuracy"]
 
