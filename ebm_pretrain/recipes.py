@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from ebm_pretrain import checkpoints, corruptions, models, objectives, tasks
+from ebm_pretrain import checkpoints, corruptions, models, objectives, tasks, transfer
 from ebm_pretrain.errors import ConfigError
 from ebm_pretrain.data import pipeline, segmentation
 
@@ -296,7 +296,7 @@ def parse_model(spec: str) -> ml_collections.ConfigDict:
   """``"convnext:T"`` -> the fine-tuning ``config.model`` of that backbone (for
   training from scratch); ``""`` -> take the backbone of ``config.init``."""
   if not spec:
-    return ml_collections.ConfigDict(dict(name=checkpoints.FROM_INIT))
+    return ml_collections.ConfigDict(dict(name=transfer.FROM_INIT))
   name, sep, variant = spec.partition(":")
   if not sep or name not in models.backbone_names():
     raise ConfigError(f"model {spec!r}: expected NAME:VARIANT with NAME in "
@@ -372,8 +372,8 @@ def small_finetune_model(init: str, family: str, table: dict,
   """(``config.model``, image size) of a demo/test fine-tuning: with ``init``, the
   checkpoint's backbone and image size (``variant`` is ignored); else
   ``family``'s small model (or its ``variant``), from scratch."""
-  if init and checkpoints.is_timm_file(init):
-    return parse_model(""), checkpoints.read_timm_config(init)["input_size"][-1]
+  if init and transfer.is_timm_file(init):
+    return parse_model(""), transfer.read_timm_config(init)["input_size"][-1]
   if init:
     trained = checkpoints.read_config(checkpoints.find(init))
     return parse_model(""), trained.data.image_size

@@ -20,8 +20,8 @@ XLA's plain attention.
 The benchmark runs it as a worker process (``python -m
 ebm_pretrain.torch_reference``, driven through stdin/stdout by
 ``benchmark.TorchReference``), so that nothing PyTorch loads shares a process
-with XLA: measured, merely importing torch and running one matmul slowed the
-ViT-S energy step of XLA in the same process by 10%. torch is an optional
+with XLA: torch's own thread pools slow XLA's steps in a shared process
+(README, "Against PyTorch"). torch is an optional
 dependency (``pip install -e '.[reference]'``, the CPU-only build, or the test
 extra's).
 """

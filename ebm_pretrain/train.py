@@ -2,7 +2,7 @@
 
 Sections: setup, mesh, input, model and optimizer, restore or initialise, update
 step, evaluation, loop; what an objective computes is in ``objectives/``, the
-optimizer in ``optim``, checkpointing in ``checkpoints.TrainCheckpoints``,
+optimizer in ``optim``, checkpointing in ``train_checkpoints.TrainCheckpoints``,
 evaluation in ``evaluators/``. The train state is an explicit pytree
 ``{"params", "model_state", "opt", "step", "rng"}``, replicated over a 1-D ``data`` mesh of all
 devices (all processes); batches are sharded along it. Per-step randomness is
@@ -25,7 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ebm_pretrain import checkpoints, disk_full, evaluators, fs, metrics as metrics_lib, objectives
-from ebm_pretrain import optim, pictures
+from ebm_pretrain import optim, pictures, train_checkpoints, transfer, trees
 from ebm_pretrain import validate as validate_lib, workdir as workdir_lib
 from ebm_pretrain.data import normalization, pipeline, sources
 from ebm_pretrain.errors import NoSpaceError, NonFiniteLossError
@@ -80,7 +80,7 @@ def make_train_step(objective, tx, schedule, mean, std, accum_steps: int = 1,
            "skipped_images": jnp.sum(~batch["valid"]).astype(jnp.float32), **aux,
            # Read before a checkpoint is saved (never a NaN state): one reduction
            # here costs less than a separately compiled check.
-           STATE_FINITE: checkpoints.all_finite({"params": params, "opt": opt})}
+           STATE_FINITE: trees.all_finite({"params": params, "opt": opt})}
     new_state = {"params": params, "model_state": model_state, "opt": opt,
                  "step": state["step"] + 1, "rng": state["rng"]}
     if ema_decay:
@@ -133,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   devices = list(devices or jax.devices())
   primary = jax.process_index() == 0
   log = print if primary else (lambda *_, **__: None)
-  config = checkpoints.resolve_model(config)  # fine-tuning configs may take init's backbone
+  config = transfer.resolve_model(config)  # fine-tuning configs may take init's backbone
   validate_lib.validate(config, len(devices), jax.process_count())
   source = sources.get_train_source(config.data)  # bad data: an error before the workdir is touched
   workdir_lib.prepare(workdir, primary)
@@ -141,7 +141,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if primary:  # one run per workdir
       hold.enter_context(workdir_lib.WorkdirLock(
           workdir, stale_after_s=config.lock_stale_seconds, log=log))
-    ckpts = hold.enter_context(contextlib.closing(checkpoints.TrainCheckpoints(
+    ckpts = hold.enter_context(contextlib.closing(train_checkpoints.TrainCheckpoints(
         workdir, keep=config.keep_checkpoints, best_metric=config.best_metric,
         best_mode=config.best_mode, timeout_s=config.checkpoint_timeout_s, log=log)))
     # A resumed run must train with the config its checkpoints were made with.

@@ -1,9 +1,11 @@
-"""Parameter paths: a pytree key path as the "a/b/c" string configs and messages use."""
+"""Pytree utilities: a key path as the "a/b/c" string configs and messages use, and
+the finite checks the train step and checkpoints run."""
 from __future__ import annotations
 
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 
 
 def path_str(path) -> str:
@@ -25,3 +27,27 @@ def dotted(d: dict, prefix: str = "") -> dict[str, Any]:
     else:
       out[f"{prefix}{k}"] = v
   return out
+
+
+def _inexact(tree) -> list[tuple[Any, jax.Array]]:
+  return [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+          if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every floating-point value of ``tree`` is finite (traceable)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for _, x in _inexact(tree)] or
+                           [jnp.asarray(True)]))
+
+
+def nonfinite_leaves(tree) -> list[str]:
+  """Paths of the floating-point leaves of ``tree`` that hold NaN or inf."""
+  leaves = _inexact(tree)
+  ok = jax.device_get(_leaves_finite([x for _, x in leaves]))
+  return [jax.tree_util.keystr(p, simple=True, separator="/")
+          for (p, _), good in zip(leaves, ok) if not good]
+
+
+@jax.jit
+def _leaves_finite(leaves):
+  return [jnp.all(jnp.isfinite(x)) for x in leaves]

@@ -6,8 +6,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole suite, shared by both xdist
 # workers and every CLI process they start (they inherit the environment): most
-# tests compile the same tiny models, and a tiny run takes ~10 s from the cache
-# against ~30 s compiling. Entries are keyed by the program, the flags and the
+# tests compile the same tiny models, and a run from the cache skips most of its
+# start-up (README, "Tests"). Entries are keyed by the program, the flags and the
 # devices, so a hit runs the same executable a compile would produce.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "ebm_pretrain_tests_jax_cache"))

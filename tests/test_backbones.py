@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebm_pretrain import checkpoints, errors, models, objectives, recipes, validate
+from ebm_pretrain import errors, models, objectives, recipes, transfer, validate
 from ebm_pretrain.models import swin
 from helpers import load_config, run_main, train_inprocess
 from test_learning import structured_images
@@ -217,7 +217,7 @@ def test_a_convnext_checkpoint_into_a_vit_config_is_a_clear_error(family_pretrai
 def test_from_init_without_init_is_a_clear_error():
   c = load_config("finetune")
   with pytest.raises(errors.ConfigError, match="config.init is empty too"):
-    checkpoints.resolve_model(c)
+    transfer.resolve_model(c)
   c = load_config("finetune", "model=swin:T")
   assert (c.model.name, c.model.variant, c.model.drop_path) == ("swin", "T", 0.2)
   assert load_config("convnext_t", "task=sr16").model.to_dict() == dict(

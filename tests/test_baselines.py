@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from ebm_pretrain import checkpoints, objectives
+from ebm_pretrain import checkpoints, objectives, transfer
 from ebm_pretrain.objectives import autoencoders
 from helpers import load_config, train_inprocess
 from test_learning import structured_images
@@ -82,13 +82,13 @@ def test_each_pretext_and_baseline_runs_two_steps_and_fine_tunes(task, tmp_path)
   assert np.isfinite([r["loss"] for r in records if "loss" in r]).all()
   # Fine-tuning takes the backbone (cheaper in process than a second CLI run).
   ft = load_config("tiny_finetune", f"init={pre}")
-  ft = checkpoints.resolve_model(ft)
+  ft = transfer.resolve_model(ft)
   if task == "ae_sorting":  # trainable position embeddings from zeros, as the paper
     assert ft.model.posemb == "zeros_learn"
   obj = objectives.get(ft)
   images = structured_images(jax.random.key(0), 8)
   params = obj.init_from(jax.jit(obj.init)(jax.random.key(1), images), pre, log=lambda _: None)
-  trained = checkpoints.backbone_of(checkpoints.restore_params(checkpoints.find(pre)))
+  trained = transfer.backbone_of(checkpoints.restore_params(checkpoints.find(pre)))
   np.testing.assert_array_equal(params["backbone"]["embedding"]["kernel"],
                                 trained["embedding"]["kernel"])
   if task == "ae_sorting":

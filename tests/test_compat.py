@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from ebm_pretrain import checkpoints, pretrained, tasks, train
+from ebm_pretrain import checkpoints, pretrained, tasks, train, transfer
 from helpers import ROOT, load_config
 
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "v1_checkpoints")
@@ -51,8 +51,8 @@ def test_old_checkpoints_fine_tune(name, tmp_path, capsys):
   state, last = train.train_and_evaluate(ft, str(tmp_path / "ft"), devices=jax.devices()[:1])
   out = capsys.readouterr().out
   assert f"Initialised the backbone from {init}" in out and np.isfinite(last["loss"])
-  backbone = checkpoints.backbone_of(checkpoints.restore_params(checkpoints.find(init)))
-  start = checkpoints.backbone_of(checkpoints.restore_params(
+  backbone = transfer.backbone_of(checkpoints.restore_params(checkpoints.find(init)))
+  start = transfer.backbone_of(checkpoints.restore_params(
       checkpoints.find(str(tmp_path / "ft" / "checkpoints" / "2"))))
   # Two steps moved the weights a little from the old checkpoint's, no more.
   w0 = backbone["Transformer"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"]

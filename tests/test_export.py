@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ebm_pretrain import checkpoints, objectives, optim, train, validate
+from ebm_pretrain import objectives, optim, train, transfer, validate
 from helpers import load_config
 
 
@@ -60,6 +60,6 @@ def test_pretraining_step_exports_for_gpu_and_tpu(family):
 def test_finetuning_step_exports_for_gpu_and_tpu():
   c = load_config("tiny_finetune")
   c.dtype = "bfloat16"
-  c = checkpoints.resolve_model(c)
+  c = transfer.resolve_model(c)
   validate.validate(c, num_devices=8)
   _check(_export(c))

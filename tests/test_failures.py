@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from ebm_pretrain import checkpoints, fs, metrics, pretrained, train, workdir as workdir_lib
+from ebm_pretrain import checkpoints, errors, fs, metrics, pretrained, train, train_checkpoints
+from ebm_pretrain import workdir as workdir_lib
 from ebm_pretrain.data import sources
 from fake_gcs import fake_gcs
 from helpers import ROOT, assert_trees_close, cli_env, fake_idx_dir, latest_params, load_config
@@ -92,7 +93,7 @@ def test_nonfinite_update_is_never_checkpointed(tmp_path, where):
   bad = _tiny(steps=8 if where == "checkpoint_step" else 5, allow_config_change=True,
               checkpoint_every=1 if where == "checkpoint_step" else 100)
   bad.optim.base_lr = 1e39
-  with pytest.raises(checkpoints.NonFiniteStateError,
+  with pytest.raises(errors.NonFiniteStateError,
                      match="train state at step 5 is not finite .* not saved. The newest "
                            "checkpoint, step 4, is intact and finite"):
     train.train_and_evaluate(bad, wd, **ONE_DEVICE)
@@ -147,7 +148,7 @@ def _save_while_paused(root, timeout_s: int, pause_s: float):
   import jax.numpy as jnp
   it = iter(grain.MapDataset.range(8).to_iter_dataset())
   state = {"w": jnp.ones((64, 1024, 1024), jnp.float32)}  # 256 MB: writing outlasts the kill's arrival
-  ckpts = checkpoints.TrainCheckpoints(str(root), keep=3, timeout_s=timeout_s)
+  ckpts = train_checkpoints.TrainCheckpoints(str(root), keep=3, timeout_s=timeout_s)
   try:
     ckpts.save(0, state, it, finite=True)
     ckpts.wait()
@@ -174,7 +175,7 @@ def test_a_pause_mid_write_is_survived_up_to_the_checkpoint_timeout(tmp_path):
   import grain
   it = iter(grain.MapDataset.range(8).to_iter_dataset())
   abstract = {"w": jax.ShapeDtypeStruct((64, 1024, 1024), jnp.float32)}
-  again = checkpoints.TrainCheckpoints(str(tmp_path / "long"), keep=3)
+  again = train_checkpoints.TrainCheckpoints(str(tmp_path / "long"), keep=3)
   step, state = again.restore(abstract, it)
   again.close()
   assert step == 0 and float(state["w"].min()) == 1.0

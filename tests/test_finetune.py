@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebm_pretrain import checkpoints, errors, mixing, optim, pretrained, train, trees
+from ebm_pretrain import checkpoints, errors, mixing, optim, pretrained, train, transfer, trees
 from ebm_pretrain import validate
 from ebm_pretrain.evaluators.knn import knn_predict
 from ebm_pretrain.models import loading, vit
@@ -379,7 +379,7 @@ def test_vit_recipes_take_any_familys_checkpoint_when_asked(tmp_path):
   pre = str(tmp_path / "convnext")
   train_inprocess("tiny:model=convnext,steps=1", pre, eval_examples=0)
   for name in ("finetune_vit_b", "linprobe_vit_b"):
-    c = checkpoints.resolve_model(load_config(name, f"init={pre},model=from_init"))
+    c = transfer.resolve_model(load_config(name, f"init={pre},model=from_init"))
     assert (c.model.name, c.model.variant) == ("convnext", "mu")
     plain = load_config(name)
     assert (c.optim.name, c.optim.base_lr, c.batch_size) == (

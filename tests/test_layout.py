@@ -8,7 +8,7 @@ from helpers import ROOT
 LOW = ["energy.py", "corruptions.py", "sorting.py", "models", "data", "trees.py", "errors.py",
        "fs.py", "tasks.py"]
 HIGH = {"train", "main", "objectives", "evaluators", "recipes", "config_lib", "validate",
-        "checkpoints", "pretrained", "benchmark", "knn", "optim"}
+        "checkpoints", "train_checkpoints", "transfer", "pretrained", "benchmark", "knn", "optim"}
 
 
 def _imports(path):

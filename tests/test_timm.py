@@ -13,7 +13,7 @@ import safetensors.torch
 import timm
 import torch
 
-from ebm_pretrain import errors, export, models, pretrained
+from ebm_pretrain import errors, export, models, pretrained, transfer
 from ebm_pretrain.models import vit_timm
 from helpers import assert_trees_close, train_inprocess
 
@@ -151,7 +151,6 @@ def test_import_of_timms_own_vit_with_a_cls_position_slot(tmp_path):
   model = dict(name="vit", variant="mu/4", pool="tok", posemb="learn")
   net = models.get_backbone("vit", "mu/4", pool="tok", posemb="learn")
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (2, 16, 16, 3)))
-  from ebm_pretrain import checkpoints
-  params = vit_timm.from_timm(checkpoints.read_timm(file), model)
+  params = vit_timm.from_timm(transfer.read_timm(file), model)
   np.testing.assert_allclose(np.asarray(net.apply({"params": params}, x)),
                              _torch_forward(theirs, x), atol=1e-4, rtol=0)

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ebm_pretrain import checkpoints, models
+from ebm_pretrain import models, transfer
 from ebm_pretrain.errors import fail
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -96,7 +96,7 @@ class Base:
   def init_from(self, params, path: str, log=print) -> dict:
     """``params`` with the backbone of the checkpoint at ``path``; everything else
     (heads, decoders, alpha) stays fresh."""
-    backbone = checkpoints.pretrained_backbone(self.config, self.backbone_params(params), path,
+    backbone = transfer.pretrained_backbone(self.config, self.backbone_params(params), path,
                                                log)
 
     def put(tree, keys):
