@@ -47,8 +47,8 @@ def get_config(arg=None):
     c.total_steps = a.steps
   # The linear probe keeps MAE's frozen backbone and BatchNorm head but not its
   # LARS: at batch 64 its lr (0.1 x 64/256) with the 0.001 trust coefficient
-  # leaves the head near its init after ~500 steps (near chance; README,
-  # "Other backbones"); AdamW without weight decay trains it.
+  # leaves the head near its init after ~500 steps (near chance;
+  # docs/backbones.md); AdamW without weight decay trains it.
   c.optim.update(name="adamw", base_lr=1e-3, lr_base_batch=64)
   if a.linprobe:
     c.optim.weight_decay = 0.0

@@ -8,7 +8,7 @@ time, XLA's memory analysis and peak RSS, XLA's FLOPs and the FLOP/s achieved, a
 matmul (the roofline) measured in the same run, plus the input pipeline's own
 img/s. Prints a table and writes JSON (``--output``). Each ``--variant`` (config
 overrides) adds an energy step timed in the same run, with its time and memory
-relative to the default's: how README's "what each choice bought" is measured;
+relative to the default's: how docs/performance.md's "what each choice bought" is measured;
 a variant may change the image size or the batch (its own random batch), so
 ``--variant=inner_steps=1 --variant=inner_steps=4`` and ``data.image_size=112``
 sweep the cost. ``--reference=torch`` adds the same two training steps written
@@ -26,8 +26,10 @@ import sys
 import time
 from typing import Any, Callable
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from ebm_pretrain import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
                                           lock_config=False)
@@ -375,4 +377,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -39,7 +39,7 @@ LOSSES = ("smooth_l1", "mse")
 # barely move. α and the scale of the linear head are interchangeable
 # (α ∇ₓ(w·ψ) = (αw)·∇ₓψ), so the exact initial value matters less than it seems:
 # ``config.alpha.init`` sets it (the paper's recipe 0.1; the small CPU demos start
-# at 1.0, where a fresh model's input gradient is small: README, "Demo").
+# at 1.0, where a fresh model's input gradient is small: README, "Quick start").
 # ----------------------------------------------------------------------------
 def alpha_from_log(log_alpha: Array) -> Array:
   log_alpha = jnp.asarray(log_alpha)
@@ -74,8 +74,8 @@ def restore(energy_fn: EnergyFn, params: Params, x0: Array, alpha: Array,
   The loop is a ``lax.fori_loop`` with static bounds (so reverse mode works).
   ``unroll=True`` unrolls it fully, so XLA can fuse and schedule across steps;
   ``unroll=False`` keeps one compiled step body, which compiles faster for large
-  N and, under :func:`restoration_value_and_grad`, needs less memory (README,
-  Performance). ``remat=True`` wraps each step's input gradient in
+  N and, under :func:`restoration_value_and_grad`, needs less memory
+  (docs/performance.md). ``remat=True`` wraps each step's input gradient in
   ``jax.checkpoint``: the outer backward pass recomputes it instead of storing
   its residuals.
   """
@@ -187,8 +187,8 @@ def restoration_value_and_grad(energy_fn: EnergyFn, split: Callable[[Params], tu
   the per-step gradients. Taking each step's gradient before the next step
   starts (an ``optimization_barrier`` on the step's output and the accumulated
   gradient) keeps one step's residuals of the double backward alive instead of
-  N: less memory and a faster step for the same FLOPs (measured: README,
-  Performance).
+  N: less memory and a faster step for the same FLOPs (measured:
+  docs/performance.md).
   """
   _check_problem(loss, x0, x_clean, num_steps)
   dtype = _restoration_dtype(jnp.asarray(x0).dtype)

@@ -43,7 +43,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
+
+  from ebm_pretrain import cli
   flags.DEFINE_string("init", None, "A workdir, checkpoints folder or step folder.")
   flags.DEFINE_integer("train_examples", 0, "Use the first N training images (0: all).")
   flags.DEFINE_integer("eval_examples", 0, "Use the first N eval images (0: all).")
@@ -52,4 +54,4 @@ if __name__ == "__main__":
   flags.DEFINE_multi_string("plugin", [], "A module to import first: the one that registered "
                             "the checkpoint's objective, if it is not the package's.")
   flags.mark_flag_as_required("init")
-  app.run(main)
+  cli.run(main)

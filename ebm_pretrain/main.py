@@ -11,6 +11,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from ebm_pretrain import cli
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and images go.")
@@ -135,4 +137,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, flags_parser=parse_flags)

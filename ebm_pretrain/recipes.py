@@ -308,7 +308,7 @@ def parse_model(spec: str) -> ml_collections.ConfigDict:
 # corrupted input is exactly 0 (masked pixels hold the dataset mean) a fresh
 # stem's output is exactly 0 and that LayerNorm's input gradient is 1/sqrt(eps),
 # so the first parameter gradients are huge; clipping the gradient norm to 1
-# keeps them from swamping AdamW's second moments (README, "Backbones").
+# keeps them from swamping AdamW's second moments (docs/backbones.md).
 ENERGY_GRAD_CLIP = {"convnext": 1.0, "swin": 1.0}
 
 

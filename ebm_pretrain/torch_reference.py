@@ -21,7 +21,7 @@ The benchmark runs it as a worker process (``python -m
 ebm_pretrain.torch_reference``, driven through stdin/stdout by
 ``benchmark.TorchReference``), so that nothing PyTorch loads shares a process
 with XLA: torch's own thread pools slow XLA's steps in a shared process
-(README, "Against PyTorch"). torch is an optional
+(docs/performance.md, "Against PyTorch"). torch is an optional
 dependency (``pip install -e '.[reference]'``, the CPU-only build, or the test
 extra's).
 """

@@ -7,7 +7,7 @@ product followed by a reduction (upstream jax-ml/jax#39103) and crashes or
 hangs on some broadcast-multiply-reduce programs (#39257, #40412). Nothing in
 a run's numbers would show it, so on those versions the package turns YNN
 fusions off (``--xla_cpu_experimental_ynn_fusion_type=``); why off rather than
-only without reductions: README, "XLA flags on the CPU".
+only without reductions: docs/performance.md, "XLA flags on the CPU".
 ``tests/test_xla_flags.py`` runs the upstream reproducer as a canary.
 
 :func:`apply` runs when ``ebm_pretrain`` is imported, before any backend

@@ -226,17 +226,17 @@ def test_from_init_without_init_is_a_clear_error():
 
 @pytest.fixture
 def scratch_registry(monkeypatch):
-  """The backbone registry as it was before the test (the README example
+  """The backbone registry as it was before the test (the docs/backbones.md example
   registers a backbone; other tests list the registry)."""
   monkeypatch.setattr(models, "_BACKBONES", dict(models._BACKBONES))
 
 
-def test_the_readme_custom_backbone_example_trains_and_decays(scratch_registry):
+def test_the_docs_custom_backbone_example_trains_and_decays(scratch_registry):
   from helpers import ROOT
-  readme = open(os.path.join(ROOT, "README.md")).read()
+  readme = open(os.path.join(ROOT, "docs", "backbones.md")).read()
   block = readme.split("<!-- custom-backbone-example -->\n```python\n", 1)[1].split("```", 1)[0]
   assert len(block.strip().splitlines()) <= 30
-  exec(compile(block, "README.md", "exec"), {})
+  exec(compile(block, "docs/backbones.md", "exec"), {})
   assert "tiny_cnn" in models.backbone_names()
   c = load_config("tiny")
   c.model = recipes.model_config("tiny_cnn", "S")

@@ -1,4 +1,4 @@
-"""README "Extending": a pixel task, an objective and an evaluator added from
+"""docs/extending.md: a pixel task, an objective and an evaluator added from
 outside the package, one file each (tests/plugins/), each run two steps."""
 import importlib.util
 import json

@@ -8,7 +8,7 @@ an empty ``config.evals`` means the objective's ``default_evals`` (energy:
 named ``<prefix>/<metric>`` (prefix ``eval``).
 
 One file per type, the class registered below (or with ``register`` from your
-own file: README, "Extending").
+own file: docs/extending.md).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ embeddings); ``timm``, a module with ``to_timm(params, model, image_size,
 channels) -> (name, kwargs, state dict)``, ``from_timm(state dict, model) ->
 params`` and ``model_of(architecture, kwargs) -> model | None`` (``python -m
 ebm_pretrain.export``, ``init=FILE.safetensors``). A new family is one file that
-ends in ``register_backbone(...)`` (README, "Extending").
+ends in ``register_backbone(...)`` (docs/extending.md).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ class PatchConv(nn.Module):
   interchangeable. Why: the energy objective differentiates the patch embedding
   w.r.t. its input and then again w.r.t. the kernel, and XLA:CPU runs those
   convolutions (lhs-dilated, then a kernel gradient of that) far below its
-  matmul speed (measured: README, Performance)."""
+  matmul speed (measured: docs/performance.md)."""
   features: int
   patch: int
   use_bias: bool = True

@@ -3,7 +3,7 @@ picks its loss); the trainer's loop, sharding, checkpointing and metrics are
 shared. The protocol and the defaults every objective gets: ``base.py``.
 
 Add one in its own file: subclass ``base.Base`` and call
-``objectives.register("name", YourObjective)`` (README, "Extending").
+``objectives.register("name", YourObjective)`` (docs/extending.md).
 """
 from __future__ import annotations
 

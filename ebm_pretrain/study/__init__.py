@@ -2,7 +2,7 @@
 cell by cell (resumable), and a report made from the cells' JSON alone.
 
   python -m ebm_pretrain.study run --grid=configs/study/fashion_mnist.py --out=results/fashion_mnist
-  python -m ebm_pretrain.study report --out=results/fashion_mnist [--readme=README.md]
+  python -m ebm_pretrain.study report --out=results/fashion_mnist [--readme=docs/study.md]
   python -m ebm_pretrain.study cost --grid=configs/study/fashion_mnist.py --out=results/fashion_mnist
 
 ``grid.py``: what a grid config holds and its cells; ``runner.py``: running them

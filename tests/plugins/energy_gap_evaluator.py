@@ -1,4 +1,4 @@
-"""An evaluator from outside the package, in one file (README, "Extending"): the
+"""An evaluator from outside the package, in one file (docs/extending.md): the
 mean energy of corrupted held-out images minus that of the clean ones (a trained
 energy model should rate its corruptions higher). ``config.evals.gap =
 dict(type="energy_gap")``."""

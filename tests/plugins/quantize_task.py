@@ -1,4 +1,4 @@
-"""A pixel pretext task from outside the package, in one file (README, "Extending"):
+"""A pixel pretext task from outside the package, in one file (docs/extending.md):
 bit-depth reduction. ``--config.task=quantize`` (``task_kwargs.levels``)."""
 import jax.numpy as jnp
 

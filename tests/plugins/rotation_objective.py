@@ -1,4 +1,4 @@
-"""An objective from outside the package, in one file (README, "Extending"):
+"""An objective from outside the package, in one file (docs/extending.md):
 predict which of four rotations an image was given (Gidaris et al. 2018), a
 linear head on the backbone. ``--config.objective=rotation``."""
 import dataclasses
