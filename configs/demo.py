@@ -25,11 +25,13 @@ def get_config(arg=None):
     c.model.pool = "gap"
   c.dtype = "float32"  # bf16 is emulated, hence slow, on CPUs
   recipes.set_task(c, a.task)
-  c.decoder.update(dict(width=64, depth=2, num_heads=4))  # the ae_* / mae baselines' decoder
-  # alpha starts at 1, not 0.1: with 28px images and a small model, the input
-  # gradient is small at first, so at 0.1 the restoration steps barely move and
-  # the first hundreds of steps learn little (README, "Quick start").
-  c.alpha.init = 1.0
+  if "decoder" in c:  # (the objective's block: the ae_* / mae baselines' decoder)
+    c.decoder.update(dict(width=64, depth=2, num_heads=4))
+  if "alpha" in c:  # (the energy objectives')
+    # alpha starts at 1, not 0.1: with 28px images and a small model, the input
+    # gradient is small at first, so at 0.1 the restoration steps barely move and
+    # the first hundreds of steps learn little (README, "Quick start").
+    c.alpha.init = 1.0
   if a.task == "mixed":
     c.task_kwargs.mask = "mask_random_large"
     c.task_kwargs.sr = "sr4"

@@ -14,7 +14,8 @@ def get_config(arg=None):
   c, size = recipes.small_pretrain(a.model, recipes.TINY_MODELS)
   c.dtype = "float32"
   recipes.set_task(c, a.task)
-  c.decoder.update(dict(width=32, depth=1, num_heads=2))  # the ae_* / mae baselines' decoder
+  if "decoder" in c:  # (the objective's block: the ae_* / mae baselines' decoder)
+    c.decoder.update(dict(width=32, depth=1, num_heads=2))
   if a.task == "mixed":
     c.task_kwargs.mask = "mask_grid4"
     c.task_kwargs.sr = "sr4"

@@ -58,6 +58,19 @@ def _fail(msg: str, status: int = EXIT_BAD_INPUT):
   sys.exit(status)
 
 
+def _no_such_key(flag: str) -> str:
+  """The line for an override of a key the config lacks; for a key of another
+  objective's block (``--config.alpha.init`` on a fine-tuning), whose it is."""
+  from ebm_pretrain import schema
+  top = flag.removeprefix("--").removeprefix("config.").split(".")[0]
+  owners = [] if top in schema.base_keys() else schema.owners(top)
+  if owners:
+    return (f"{flag}: no such config key in this config: {top!r} belongs to the block of "
+            f"the {', '.join(owners)} objective{'s' * (len(owners) > 1)}, which this config "
+            "does not train")
+  return f"{flag}: no such config key"
+
+
 def _flag_error_line(e: Exception, argv: list[str]) -> str:
   """One line from absl/ml_collections' flag errors, which embed a traceback or
   a repr'd exception in their text."""
@@ -67,12 +80,13 @@ def _flag_error_line(e: Exception, argv: list[str]) -> str:
     return f"config key {m.group(2)!r} does not exist; did you mean {m.group(1)!r}?"
   m = re.search(r"Unknown command line flag '(config\.[\w.]+)'", text)
   if m:
-    return f"--{m.group(1)}: no such config key"
+    return _no_such_key(f"--{m.group(1)}")
   m = re.fullmatch(r"""["']+([\w.]+)["']+""", text.strip())
   if m:  # a KeyError's repr: the override named a key that does not exist
     flag = next((a.split("=")[0] for a in argv if a.startswith("--config.")
-                 and a.split("=")[0].endswith(f".{m.group(1)}")), m.group(1))
-    return f"{flag}: no such config key"
+                 and re.search(rf"\.{re.escape(m.group(1))}(\.|$)", a.split("=")[0])),
+                m.group(1))
+    return _no_such_key(flag)
   if "No such file or directory" in text:
     m = re.search(r"Attempted \[.*?\]:\s*(\S+)", text) or re.search(r"--config=([^:\s]+)", text)
     return f"config file {m.group(1) if m else '?'} not found"

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ebm_pretrain import checkpoints, objectives, recipes, workdir as workdir_lib
+from ebm_pretrain import checkpoints, objectives, schema, workdir as workdir_lib
 from ebm_pretrain.data import normalization
 from ebm_pretrain.objectives.restoration import check_corruption, make_corruption
 
@@ -153,7 +153,7 @@ def load(path: str, plugins=()) -> Pretrained:
           f"{path} holds a {config.objective!r} model, an objective registered by the module "
           f"{module!r}: import it first (or pass plugins=[{module!r}]; --plugin={module} on "
           "the command lines)")
-  config = recipes.complete(config.to_dict())
+  config = schema.upgrade(config.to_dict())
   step, state = checkpoints.restore_state(found, ("params", "ema", "model_state"))
   return Pretrained(config=config, params=checkpoints.model_params(state), step=step, path=path,
                     model_state=state.get("model_state") or {})

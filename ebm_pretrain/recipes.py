@@ -1,133 +1,25 @@
-"""Recipes: what ``configs/*.py`` import. Argument parsing for ``get_config(arg)``,
-the paper's pretraining / fine-tuning / linear-probing recipes (every config key
-is declared here, once), the per-family tables of the demo and test models, and
-``set_task``, which applies an objective's short name and its config defaults.
-Checks live in ``validate``; reading checkpoints in ``checkpoints``."""
+"""Recipes: what ``configs/*.py`` import. The paper's pretraining, fine-tuning,
+linear-probing, scratch and segmentation recipes, the per-family tables of the
+demo and test models, and ``set_task``, which applies an objective's short name.
+The keys and their defaults are ``schema``'s (and each objective's block); the
+``get_config(arg)`` parsing is ``config_args``' (re-exported here, as configs
+call it); checks live in ``validate``."""
 from __future__ import annotations
 
 import ml_collections
 
-from ebm_pretrain import checkpoints, corruptions, models, objectives, tasks, transfer
+from ebm_pretrain import checkpoints, models, schema, tasks, transfer
+from ebm_pretrain.config_args import override, parse_arg  # noqa: F401  (configs call recipes.*)
+from ebm_pretrain.data import segmentation
 from ebm_pretrain.errors import ConfigError
-from ebm_pretrain.data import pipeline, segmentation
-
-
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-  """``"task=sr16,variant=S/16"`` -> ConfigDict, typed after ``defaults``."""
-  out = ml_collections.ConfigDict(defaults)
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if not sep or key not in defaults:
-      raise ConfigError(f"config argument {item!r}: expected KEY=VALUE with KEY in "
-                        f"{sorted(defaults)}")
-    out[key] = _typed_like(defaults[key], value)
-  return out
-
-
-def _typed_like(default, value: str):
-  """The string ``value`` as the type of ``default`` (bool, int, float or str)."""
-  if isinstance(default, bool):
-    return value.lower() in ("1", "true", "yes")
-  if isinstance(default, (int, float)):
-    return type(default)(value)
-  return value
-
-
-def override(config: ml_collections.ConfigDict, spec: str) -> ml_collections.ConfigDict:
-  """A copy of ``config`` with ``"a.b=v,c=w"`` applied, values typed after the
-  current ones (the benchmark's ``--variant``)."""
-  out = config.copy_and_resolve_references()
-  for item in filter(None, spec.split(",")):
-    key, sep, value = item.partition("=")
-    *parents, leaf = key.split(".")
-    node = out
-    for name in parents:
-      node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
-    if not sep or not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-      raise ConfigError(f"override {item!r}: expected KEY=VALUE with KEY a field of the config")
-    node[leaf] = _typed_like(node[leaf], value)
-  return out
 
 
 def pretrain_defaults() -> ml_collections.ConfigDict:
-  """The paper's pretraining recipe (Table A) for a ViT on ImageNet-1k."""
-  c = ml_collections.ConfigDict()
-  c.objective = "energy"        # a name in ebm_pretrain/objectives (registry)
-  c.seed = 0
-
-  c.model = ml_collections.ConfigDict(dict(
-      name="vit", variant="B/16", pool="tok", posemb="learn", drop_path=0.0,
-      remat="none"))  # remat: none | full | dots | dots_no_batch (ViT blocks)
-  c.dtype = "bfloat16"          # compute dtype; params stay float32
-  c.param_dtype = "float32"
-
-  c.task = "mixed"              # a corruption spec (ebm_pretrain/corruptions.py); "" for none
-  c.task_kwargs = ml_collections.ConfigDict()
-  c.inner_steps = 2             # N
-  c.unroll = True               # unroll the inner fori_loop (faster at N=2)
-  c.inner_remat = False         # jax.checkpoint each inner step's input gradient
-  c.stepwise_grads = True       # each step's outer gradient before the next step (less memory)
-  c.loss = "smooth_l1"          # Listing 1; "mse" is Eq. 5
-  c.alpha = ml_collections.ConfigDict(dict(init=0.1, learnable=True))
-  c.energy_reg = 1.0            # objective=contrastive (N = 0): weight of E⁺² + E⁻²
-  # The ae_* / mae baselines' light decoder (MAE's ViT-B/L decoder: 512 wide, 8 deep).
-  c.decoder = ml_collections.ConfigDict(dict(width=512, depth=8, num_heads=16))
-
-  c.data = ml_collections.ConfigDict(dict(
-      source="tfds", name="imagenet2012", data_dir="", split="train", eval_split="validation",
-      image_size=224, channels=3, mean=list(corruptions.IMAGENET_MEAN),
-      std=list(corruptions.IMAGENET_STD), num_workers=8, idx_dir="", folder="",
-      num_examples=0,     # synthetic and garment_scenes sources: how many (0: default)
-      scene_size=64,      # garment_scenes: the side of a scene before the training crop
-      train_fraction=1.0,  # train on a fixed random subset (e.g. 0.01 of the labels)
-      eval_resize=0,      # eval: resize the short side to this (0: image_size), center crop
-      subset_seed=0,      # which train_fraction subset
-      holdout=0,          # training examples held out for validation (eval_split="holdout")
-      eval_folder=""))    # source=folder: the eval images (default: folder)
-  # Training augmentation: RandomResizedCrop + flip; RandAug when randaug_ops > 0.
-  a = pipeline.Augment()
-  c.augment = ml_collections.ConfigDict(dict(crop_scale=a.crop_scale, flip=a.flip, randaug_ops=0,
-                                             randaug_magnitude=9.0, randaug_std=0.5))
-
-  c.init = ""                   # a checkpoint (workdir) to take the backbone from
-  c.batch_size = 256            # global
-  c.grad_accum_steps = 1        # micro-batches per step (same global batch, less memory)
-  c.total_epochs = 200
-  c.total_steps = 0             # > 0 overrides total_epochs
-  c.optim = ml_collections.ConfigDict(dict(
-      name="adamw", base_lr=1e-4, lr_base_batch=256, b1=0.9, b2=0.95, weight_decay=0.05,
-      warmup_epochs=20, warmup_steps=0, min_lr=0.0, grad_clip=0.0))
-  # > 0: keep an exponential moving average of the parameters (decay per step);
-  # evaluations, best/ and pretrained.load then use the average (MAE's scratch recipe).
-  c.ema_decay = 0.0
-
-  c.log_every = 50
-  c.checkpoint_every = 1000
-  c.keep_checkpoints = 3
-  # How long an asynchronous checkpoint write may take before the run stops with
-  # a CheckpointError (Orbax: 10 minutes). Its clock runs while the process is
-  # paused (SIGSTOP, a suspended job), so a pause mid-write longer than this ends
-  # the run (rerun to resume); shorter pauses are survived.
-  c.checkpoint_timeout_s = 3600
-  c.image_every = 1000          # restoration grids (PNG + TensorBoard)
-  c.image_count = 8
-  c.eval_examples = 0           # > 0: held-out evaluation of that many images; -1: all
-  c.eval_batch_size = 256
-  c.eval_every = 0              # steps; 0: only at the end of the run
-  # Evaluators run during training (ebm_pretrain/evaluators): {name: dict(type=...,
-  # every=steps, examples=N, ...)}; empty: the objective's default (energy: psnr,
-  # sorting: sorting, autoencoders: loss, supervised: top1), with eval_every and
-  # eval_examples.
-  c.evals = ml_collections.ConfigDict()
-  c.best_metric = ""            # e.g. "eval/top1": also keep the best checkpoint in best/
-  c.best_mode = "max"           # or "min" (a loss)
-  # Failure handling (README): a resumed run with another config is refused
-  # unless this is set (the changes are then recorded); a stalled energy run is
-  # reported after this many log steps (0: never); a workdir's lock whose
-  # heartbeat is older than this (seconds) belongs to a lost run.
-  c.allow_config_change = False
-  c.stall_log_steps = 5
-  c.lock_stale_seconds = 300
+  """The paper's pretraining recipe (Table A) for a ViT on ImageNet-1k: the
+  schema's values and the energy objective's block (N = 2, learnable α from 0.1,
+  SmoothL1), task mixed."""
+  c = schema.base()
+  set_objective(c, "energy", "mixed")
   return c
 
 
@@ -137,18 +29,10 @@ def finetune_defaults() -> ml_collections.ConfigDict:
   batch 1024, 5 warmup epochs then cosine, drop path 0.1, RandAug (9, 0.5),
   label smoothing 0.1, mixup 0.8, cutmix 1.0, global-pool head; top-1 on a
   224 center crop of the image resized to 256."""
-  c = pretrain_defaults()
-  c.objective = "supervised"
-  c.num_classes = 1000
+  c = schema.base()
+  set_objective(c, "supervised")  # its block: the head, layer decay 0.75, label smoothing, mixup
   c.model.pool = "gap"
   c.model.drop_path = 0.1
-  c.head_init_std = 2e-5
-  c.head_batchnorm = False
-  c.freeze_backbone = False
-  c.layer_decay = 0.75
-  c.label_smoothing = 0.1
-  c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5,
-                                           prob=1.0))
   # RandAug (9, 0.5): timm's rand-m9-mstd0.5 (2 ops); randaug_ops=0 turns it off.
   c.augment.update(dict(crop_scale=(0.08, 1.0), flip=True, randaug_ops=2, randaug_magnitude=9.0,
                         randaug_std=0.5))
@@ -177,13 +61,7 @@ def segmentation_defaults() -> ml_collections.ConfigDict:
   cosine instead of linear ("poly", power 1) decay, and whole-image inference on the image fitted into the 512 square instead of
   sliding windows at 2048 x 512 (evaluators/miou.py)."""
   c = finetune_defaults()
-  c.objective = "segmentation"
-  c.num_classes = 150
-  # UperNet's width (BEiT / MAE: 768); the auxiliary FCN head's width and loss weight.
-  c.seg = ml_collections.ConfigDict(dict(channels=768, aux_channels=256, aux_weight=0.4))
-  c.layer_decay = 0.65
-  c.label_smoothing = 0.0
-  c.mixup.update(dict(mixup_alpha=0.0, cutmix_alpha=0.0))
+  set_objective(c, "segmentation")  # its block: classes, UperNet's widths, layer decay 0.65
   # Image and label map together (data/segmentation.py); augment.flip is shared.
   sa = segmentation.SegAugment()
   c.augment.update(dict(randaug_ops=0, seg=ml_collections.ConfigDict(dict(
@@ -333,10 +211,10 @@ def imagenet_pretrain(arg: str | None, name: str, variant: str, epochs: int,
 
 
 def set_objective(c: ml_collections.ConfigDict, objective: str, task: str = "") -> None:
-  """``c.objective = objective``, ``c.task = task``, and the objective's own config
-  defaults (sorting: fixed sin-cos position embeddings, MSE; MAE: mask ratio)."""
-  c.objective, c.task = objective, task
-  objectives.get_class(objective).defaults(c)
+  """``c`` made a config of ``objective`` (``schema.set_objective``): its block
+  replaces the previous objective's (sorting: fixed sin-cos position embeddings,
+  MSE; MAE: mask ratio; ...)."""
+  schema.set_objective(c, objective, task)
 
 
 def set_task(c: ml_collections.ConfigDict, task: str) -> None:
@@ -389,25 +267,3 @@ def use_fashion_mnist(data: ml_collections.ConfigDict, image_size: int = 28) -> 
   data.update(dict(source="fashion_mnist_offline", data_dir="~/tensorflow_datasets",
                    eval_split="test", image_size=image_size, channels=1, mean=[0.2860],
                    std=[0.3530], num_workers=0, eval_resize=0))
-
-
-
-
-def complete(stored: dict) -> ml_collections.ConfigDict:
-  """A checkpoint's config over today's recipe for its objective: keys declared
-  since the checkpoint was written take their defaults, an old objective name
-  its new one (``tasks.upgrade``)."""
-  stored = dict(stored)
-  tasks.upgrade(stored)
-  base = finetune_defaults() if stored.get("objective") == "supervised" else pretrain_defaults()
-  out = base.to_dict()
-
-  def merge(into: dict, new: dict) -> None:
-    for k, v in new.items():
-      if isinstance(v, dict) and isinstance(into.get(k), dict) and k not in ("model", "task_kwargs",
-                                                                              "evals"):
-        merge(into[k], v)
-      else:
-        into[k] = v
-  merge(out, stored)
-  return ml_collections.ConfigDict(out)

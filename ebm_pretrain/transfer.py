@@ -119,7 +119,8 @@ def resolve_model(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
       raise CheckpointError(f"{config.init}: {e}") from None
   else:
     trained = read_config(find(config.init)).model.to_dict()
-  model = dict(trained) if config.freeze_backbone else models.finetune_model(trained)
+  model = (dict(trained) if config.get("freeze_backbone", False)
+           else models.finetune_model(trained))
   model.update({k: v for k, v in config.model.to_dict().items() if k != "name"})
   config = ml_collections.ConfigDict(config.to_dict())
   config.model = ml_collections.ConfigDict(model)

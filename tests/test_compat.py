@@ -32,7 +32,8 @@ def old_run(tmp_path):
 def test_old_task_names_translate_in_one_place(task, objective, new_task):
   assert tasks.split(task) == (objective, new_task)
   c = load_config("tiny", f"task={task}")
-  assert (c.objective, c.task) == (objective, new_task)
+  # (an objective that corrupts no pixels has no task key: its block has none)
+  assert (c.objective, c.get("task", "")) == (objective, new_task)
 
 
 @pytest.mark.parametrize("name,objective", [("sorting", "sorting"), ("ae_sr4", "autoencoder")])

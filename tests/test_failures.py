@@ -307,6 +307,9 @@ def test_bad_command_lines_are_one_line_with_exit_2(tmp_path):
        "error: config argument 'tsk=sr4': expected KEY=VALUE with KEY in"),
       (["--config=configs/tiny.py", "--config.model.nope=1"],
        "error: --config.model.nope: no such config key"),
+      (["--config=configs/tiny_finetune.py", "--config.alpha.init=1.0"],
+       "error: --config.alpha.init: no such config key in this config: 'alpha' belongs to the "
+       "block of the energy, sorting objectives"),
       (["--config=configs/tiny.py", "--config.batch_size=-4"],
        "error: config.batch_size: must be a positive int, got -4"),
       (["--config=configs/tiny.py", f"--workdir={tmp_path}/a_file/run"],

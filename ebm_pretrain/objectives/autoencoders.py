@@ -90,6 +90,12 @@ class _Autoencoder(Base):
                            param_dtype=DTYPES[c.param_dtype])
 
   @classmethod
+  def defaults(cls, config) -> None:
+    # A light decoder (MAE's for ViT-B/L: 512 wide, 8 deep); the task's options.
+    config.decoder = ml_collections.ConfigDict(dict(width=512, depth=8, num_heads=16))
+    config.task_kwargs = ml_collections.ConfigDict()
+
+  @classmethod
   def check(cls, config) -> None:
     if config.model.name != "vit":
       fail("objective", f"{config.objective}: the autoencoder baselines are ViT-only (MAE's "
@@ -147,6 +153,11 @@ class PixelAutoencoder(_Autoencoder):
     self.corrupt = make_corruption(self.config)
 
   @classmethod
+  def defaults(cls, config) -> None:
+    super().defaults(config)
+    config.task = ""              # the corruption of the input
+
+  @classmethod
   def check(cls, config) -> None:
     super().check(config)
     check_corruption(config)
@@ -168,6 +179,7 @@ class SortingAutoencoder(_Autoencoder):
 
   @classmethod
   def defaults(cls, config) -> None:
+    super().defaults(config)
     set_defaults(config, posemb="none")  # no position embedding anywhere
 
   @classmethod
@@ -201,6 +213,7 @@ class MAEObjective(_Autoencoder):
 
   @classmethod
   def defaults(cls, config) -> None:
+    super().defaults(config)
     config.task_kwargs = ml_collections.ConfigDict(dict(mask_ratio=0.75))
 
   @classmethod

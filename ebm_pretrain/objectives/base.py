@@ -71,8 +71,9 @@ class Base:
   # -- config ------------------------------------------------------------------
   @classmethod
   def defaults(cls, config) -> None:
-    """Sets, in place, the config fields this objective needs other than the
-    recipe's (``recipes.set_objective``)."""
+    """Adds, in place, this objective's block: the config keys it reads beyond
+    ``schema.base`` (``schema.set_objective`` calls it; ``schema.upgrade`` drops
+    a stored key that no block declares)."""
 
   @classmethod
   def check(cls, config) -> None:

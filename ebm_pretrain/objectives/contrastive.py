@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax.numpy as jnp
+import ml_collections
 
 from ebm_pretrain import energy, models
 from ebm_pretrain.errors import fail
@@ -26,6 +27,12 @@ class ContrastiveObjective(Base):
     self.backbone = self.model.backbone
     self.energy_fn = models.energy_fn_of(self.model)
     self.corrupt = make_corruption(c)
+
+  @classmethod
+  def defaults(cls, config) -> None:
+    config.task = ""              # the corruption that makes the negative
+    config.task_kwargs = ml_collections.ConfigDict()
+    config.energy_reg = 1.0       # weight of E⁺² + E⁻²
 
   @classmethod
   def check(cls, config) -> None:

@@ -9,6 +9,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from ebm_pretrain import corruptions, energy, models
 from ebm_pretrain.errors import fail
@@ -34,6 +35,17 @@ class EnergyModelObjective(Base):
     c = self.config
     self.model = models.get_energy_model(c.model.name, c.model.variant, **model_kwargs(c))
     self.backbone = self.model.backbone
+
+  @classmethod
+  def defaults(cls, config) -> None:
+    """The energy block: N, how the chain compiles, the loss, α."""
+    config.task_kwargs = ml_collections.ConfigDict()  # the corruption's (or sorting's) options
+    config.inner_steps = 2        # N
+    config.unroll = True          # unroll the inner fori_loop (faster at N=2)
+    config.inner_remat = False    # jax.checkpoint each inner step's input gradient
+    config.stepwise_grads = True  # each step's outer gradient before the next step (less memory)
+    config.loss = "smooth_l1"     # Listing 1; "mse" is Eq. 5
+    config.alpha = ml_collections.ConfigDict(dict(init=0.1, learnable=True))
 
   @classmethod
   def check(cls, config) -> None:
@@ -128,6 +140,11 @@ class EnergyObjective(EnergyModelObjective):
     super().__post_init__()
     self.energy_fn = models.energy_fn_of(self.model)
     self.corrupt = make_corruption(self.config)
+
+  @classmethod
+  def defaults(cls, config) -> None:
+    super().defaults(config)
+    config.task = ""              # a corruption spec (ebm_pretrain/corruptions.py)
 
   @classmethod
   def check(cls, config) -> None:

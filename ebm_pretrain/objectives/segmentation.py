@@ -9,6 +9,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from ebm_pretrain.data.segmentation import IGNORE, SegAugment
 from ebm_pretrain.errors import fail
@@ -31,6 +32,14 @@ class SegmentationObjective(Base):
     self.model = SegmentationModel(get_backbone(c), c.num_classes, c.seg.channels, aux,
                                    dtype=DTYPES[c.dtype], param_dtype=DTYPES[c.param_dtype])
     self.backbone = self.model.backbone
+
+  @classmethod
+  def defaults(cls, config) -> None:
+    """Its block (values: BEiT's and MAE's ADE20K protocol)."""
+    config.num_classes = 150
+    # UperNet's width (BEiT / MAE: 768); the auxiliary FCN head's width and loss weight.
+    config.seg = ml_collections.ConfigDict(dict(channels=768, aux_channels=256, aux_weight=0.4))
+    config.layer_decay = 0.65     # on a loaded backbone only
 
   @classmethod
   def check(cls, config) -> None:

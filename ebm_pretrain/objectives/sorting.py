@@ -19,9 +19,8 @@ from ebm_pretrain.objectives.restoration import EnergyModelObjective, Problem
 
 def set_defaults(config, posemb: str) -> None:
   """The fields sorting and its autoencoder baseline set: the encoder's position
-  embeddings (``posemb``), the MSE of Eq. 7, appendix A.2's regularisers."""
+  embeddings (``posemb``), appendix A.2's regularisers."""
   config.model.posemb = posemb
-  config.loss = "mse"
   config.task_kwargs = ml_collections.ConfigDict(sorting.DEFAULTS)
 
 
@@ -50,7 +49,9 @@ class SortingObjective(EnergyModelObjective):
 
   @classmethod
   def defaults(cls, config) -> None:
+    super().defaults(config)  # the energy block, then sorting's: Eq. 7's MSE
     set_defaults(config, posemb="sincos2d")
+    config.loss = "mse"
 
   @classmethod
   def check(cls, config) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from ebm_pretrain import mixing
@@ -51,6 +52,18 @@ class SupervisedObjective(Base):
                                init_std=c.head_init_std, dtype=DTYPES[c.dtype],
                                param_dtype=DTYPES[c.param_dtype])
     self.freeze_backbone = c.freeze_backbone
+
+  @classmethod
+  def defaults(cls, config) -> None:
+    """The classifier's block (values: the paper's fine-tuning, Table A)."""
+    config.num_classes = 1000
+    config.head_init_std = 2e-5
+    config.head_batchnorm = False  # MAE's linear probe: BatchNorm without affine before the head
+    config.freeze_backbone = False  # linear probing
+    config.layer_decay = 0.75     # on a loaded backbone only
+    config.label_smoothing = 0.1
+    config.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=1.0,
+                                                  switch_prob=0.5, prob=1.0))
 
   @classmethod
   def check(cls, config) -> None:
