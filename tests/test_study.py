@@ -246,3 +246,28 @@ def test_a_larger_grid_is_an_argument_not_a_change():
   for name in ("ft_1pct", "ft_10pct_lrx3"):
     ft = study.load_config_file(f"{grid.finetune_config}:{grid.evals[name].arg}")
     assert ft.model.variant == "S/4" and not ft.init
+
+
+def test_a_cell_is_dirty_for_changed_code_not_for_the_runs_own_output(tmp_path, monkeypatch):
+  """A run rewrites its (tracked, committed) OUT/grid.json: that is output, not
+  a change to the code that made the cells."""
+  import subprocess
+
+  from ebm_pretrain.study import runner
+  repo = tmp_path / "repo"
+  (repo / "results" / "grid1").mkdir(parents=True)
+  (repo / "code.py").write_text("x = 1\n")
+  (repo / "results" / "grid1" / "grid.json").write_text("{}\n")
+  git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a],
+                                  cwd=repo, check=True, capture_output=True)
+  git("init", "-q")
+  git("add", ".")
+  git("commit", "-qm", "init")
+  monkeypatch.setattr(runner, "REPO", str(repo))
+  out = str(repo / "results" / "grid1")
+  assert runner._source(out)["dirty"] is False
+  (repo / "results" / "grid1" / "grid.json").write_text('{"methods": {}}\n')
+  assert runner._source(out)["dirty"] is False
+  (repo / "code.py").write_text("x = 2\n")
+  source = runner._source(out)
+  assert source["dirty"] is True and len(source["diff_sha256"]) == 64

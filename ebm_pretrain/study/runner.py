@@ -23,13 +23,17 @@ from ebm_pretrain.study.grid import (EVAL_FILTERS, PIXELS, REPO, Cell, cells, ha
                                      load_config_file, with_overrides)
 
 
-def _source() -> dict:
+def _source(out: str) -> dict:
   """What ran a cell: the commit, whether the tracked files differed from it
-  (``dirty``) and a hash of that difference, and the XLA flags in force."""
+  (``dirty``) and a hash of that difference, and the XLA flags in force. The
+  grid's own output folder ``out`` is left out of the difference: a run rewrites
+  its ``grid.json`` (and a committed results folder is tracked)."""
   def git(*args) -> str:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, check=True).stdout
+  rel = os.path.relpath(os.path.abspath(out), REPO)
+  outside = [] if rel.startswith("..") else ["--", ".", f":(exclude){rel}"]
   try:
-    commit, diff = git("rev-parse", "HEAD").decode().strip(), git("diff", "HEAD")
+    commit, diff = git("rev-parse", "HEAD").decode().strip(), git("diff", "HEAD", *outside)
   except (OSError, subprocess.CalledProcessError):
     commit, diff = "unknown", None
   return dict(commit=commit, dirty=bool(diff) if diff is not None else None,
@@ -219,7 +223,7 @@ def run(grid_spec: str, out: str, only: str = "*", log=print, pretrained_from: s
   from ebm_pretrain import fs
   fs.write_text(os.path.join(out, "grid.json"),
                 json.dumps(dict(spec=grid_spec, **grid.to_dict()), indent=1, sort_keys=True))
-  runner, source, spent, done_here = Runner(grid, out, pretrained_from), _source(), 0.0, 0
+  runner, source, spent, done_here = Runner(grid, out, pretrained_from), _source(out), 0.0, 0
   import jax
   device = f"{jax.device_count()}x {jax.devices()[0].device_kind}"  # which machine ran it
   # The pretrainings' step times (study cost) come with them.
