@@ -26,6 +26,8 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from ebm_pretrain.errors import fail
+
 Array = jax.Array
 Corruption = Callable[[Array, Array], Array]
 
@@ -239,3 +241,23 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 def from_spec(spec: str, **kwargs) -> Corruption:
   name, parsed = parse_spec(spec)
   return get_corruption(name, **{**parsed, **kwargs})
+
+
+def make_corruption(config) -> Corruption:
+  """The corruption ``config.task`` (with ``task_kwargs``) names, for this data."""
+  return from_spec(config.task, mean=tuple(config.data.mean), std=tuple(config.data.std),
+                   **config.task_kwargs.to_dict())
+
+
+def check_corruption(config, field: str = "task") -> None:
+  """ConfigError unless ``config.task`` (with ``task_kwargs``) is a corruption of this data."""
+  ratio = config.task_kwargs.get("ratio", None)
+  if ratio is not None and not 0 < ratio < 1:
+    fail("task_kwargs.ratio", f"must be in (0, 1), got {ratio}")
+  try:
+    parse_spec(config.task)
+    make_corruption(config)
+  except (ValueError, TypeError) as e:
+    fail(field, f"{e} (or an objective's short name: sorting, ae_<task>, mae)")
+  if config.task == "colorize" and config.data.channels != 3:
+    fail(field, f"colorize needs 3-channel data; data.channels={config.data.channels}")

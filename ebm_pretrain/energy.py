@@ -23,11 +23,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ebm_pretrain.losses import LOSSES, compute_dtype, pixel_error, weighted_mean
+
 Array = jax.Array
 Params = Any
 EnergyFn = Callable[[Params, Array], Array]
-
-LOSSES = ("smooth_l1", "mse")
 
 
 # ----------------------------------------------------------------------------
@@ -43,7 +43,7 @@ LOSSES = ("smooth_l1", "mse")
 # ----------------------------------------------------------------------------
 def alpha_from_log(log_alpha: Array) -> Array:
   log_alpha = jnp.asarray(log_alpha)
-  return jnp.exp(log_alpha.astype(_restoration_dtype(log_alpha.dtype)))
+  return jnp.exp(log_alpha.astype(compute_dtype(log_alpha.dtype)))
 
 
 def log_alpha_init(alpha: float) -> Array:
@@ -55,11 +55,6 @@ def log_alpha_init(alpha: float) -> Array:
 # ----------------------------------------------------------------------------
 # Restoration.
 # ----------------------------------------------------------------------------
-def _restoration_dtype(dtype) -> jnp.dtype:
-  """At least float32: bf16 compute never reaches the restored images or the loss."""
-  return jnp.result_type(dtype, jnp.float32)
-
-
 def input_gradient(energy_fn: EnergyFn, params: Params, x: Array) -> Array:
   """∇ₓ Σ_b E(params, x)_b, in x's (>= float32) dtype whatever the compute dtype."""
   total_energy = lambda x: jnp.sum(energy_fn(params, x).astype(x.dtype))
@@ -80,7 +75,7 @@ def restore(energy_fn: EnergyFn, params: Params, x0: Array, alpha: Array,
   its residuals.
   """
   _check_num_steps(num_steps)
-  dtype = _restoration_dtype(jnp.asarray(x0).dtype)
+  dtype = compute_dtype(jnp.asarray(x0).dtype)
   x0 = jnp.asarray(x0, dtype)
   alpha = jnp.asarray(alpha, dtype)
 
@@ -119,35 +114,6 @@ def _descent_step(energy_fn: EnergyFn, remat: bool):
     x = lax.stop_gradient(x)  # Eq. 5: SG between consecutive steps.
     return x - alpha * grad_x(params, x)
   return step
-
-
-# ----------------------------------------------------------------------------
-# The loss.
-# ----------------------------------------------------------------------------
-def pixel_error(pred: Array, target: Array, loss: str = "smooth_l1",
-                weights: Array | None = None) -> Array:
-  """Mean elementwise error. SmoothL1 uses beta=1 (Listing 1); MSE is Eq. 5.
-
-  ``weights`` [B] (e.g. 0 for an undecodable image) weight the per-example means.
-  """
-  dtype = _restoration_dtype(jnp.result_type(pred, target))
-  diff = pred.astype(dtype) - target.astype(dtype)
-  if loss == "smooth_l1":
-    absd = jnp.abs(diff)
-    err = jnp.where(absd < 1.0, 0.5 * diff * diff, absd - 0.5)
-  elif loss == "mse":
-    err = diff * diff
-  else:
-    raise ValueError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
-  if weights is None:
-    return jnp.mean(err)
-  per_example = jnp.mean(err.reshape(err.shape[0], -1), axis=1)
-  return weighted_mean(per_example, weights.astype(dtype))
-
-
-def weighted_mean(x: Array, w: Array) -> Array:
-  """Mean of ``x`` [B] over the examples with weight ``w`` [B] (0 for padding)."""
-  return jnp.sum(w * x) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 def restoration_loss(energy_fn: EnergyFn, params: Params, alpha: Array,
@@ -191,7 +157,7 @@ def restoration_value_and_grad(energy_fn: EnergyFn, split: Callable[[Params], tu
   docs/performance.md).
   """
   _check_problem(loss, x0, x_clean, num_steps)
-  dtype = _restoration_dtype(jnp.asarray(x0).dtype)
+  dtype = compute_dtype(jnp.asarray(x0).dtype)
   step = _descent_step(energy_fn, remat)
 
   def step_error(params, x):
@@ -224,7 +190,7 @@ def contrastive_loss(energy_fn: EnergyFn, params: Params, x_pos: Array, x_neg: A
   ``x_neg``, plus Du & Mordatch (2019)'s regulariser ``reg`` (E⁺² + E⁻²) that
   keeps the energies from drifting without bound. Returns (loss, {"energy_pos",
   "energy_neg"}); ``weights`` [B] weight the examples (0 for padding)."""
-  e_pos = energy_fn(params, x_pos).astype(_restoration_dtype(x_pos.dtype))
+  e_pos = energy_fn(params, x_pos).astype(compute_dtype(x_pos.dtype))
   e_neg = energy_fn(params, lax.stop_gradient(x_neg)).astype(e_pos.dtype)
   w = jnp.ones(e_pos.shape, e_pos.dtype) if weights is None else weights.astype(e_pos.dtype)
   loss = weighted_mean(e_pos - e_neg + reg * (e_pos ** 2 + e_neg ** 2), w)

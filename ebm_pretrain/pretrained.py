@@ -24,9 +24,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ebm_pretrain import checkpoints, objectives, schema, workdir as workdir_lib
+from ebm_pretrain import checkpoints, objectives, schema
+from ebm_pretrain import workdir as workdir_lib
+from ebm_pretrain.corruptions import check_corruption, make_corruption
 from ebm_pretrain.data import normalization
-from ebm_pretrain.objectives.restoration import check_corruption, make_corruption
 
 
 class CapabilityError(ValueError):

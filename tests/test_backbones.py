@@ -152,6 +152,7 @@ def test_layer_decay_groups_follow_the_official_fine_tuning_code():
 def test_energy_loss_falls_on_a_fixed_batch(name):
   import optax
   from ebm_pretrain import corruptions, energy
+  from ebm_pretrain.losses import pixel_error
   clean = structured_images(jax.random.key(0), 16)
   model = models.get_energy_model(name, "mu", dtype=jnp.float32, param_dtype=jnp.float32)
   energy_fn = models.energy_fn_of(model)
@@ -176,7 +177,7 @@ def test_energy_loss_falls_on_a_fixed_batch(name):
   for _ in range(40):
     params, state, loss = step(params, state)
     losses.append(float(loss))
-  corrupted = float(energy.pixel_error(x0, clean, "smooth_l1", jnp.ones(16, bool)))
+  corrupted = float(pixel_error(x0, clean, "smooth_l1", jnp.ones(16, bool)))
   # Not just back to the identity: the restored images beat the noisy input.
   assert losses[-1] < 0.9 * min(losses[0], corrupted), (corrupted, losses)
 

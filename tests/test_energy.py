@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ebm_pretrain import energy
+from ebm_pretrain import energy, losses
 
 
 def mlp_energy(params, x):
@@ -185,7 +185,7 @@ def test_chain_and_aux():
   assert aux["step_errors"].shape == (3,)
   np.testing.assert_allclose(loss, aux["step_errors"].mean(), rtol=1e-6)
   np.testing.assert_allclose(aux["step_errors"][1],
-                             energy.pixel_error(aux["restored"][1], clean), rtol=1e-6)
+                             losses.pixel_error(aux["restored"][1], clean), rtol=1e-6)
   # Each step moves against the energy gradient of the previous iterate.
   gx = jax.grad(lambda z: mlp_energy(params, z).sum())(aux["restored"][0])
   np.testing.assert_allclose(aux["restored"][1], aux["restored"][0] - 0.5 * gx, rtol=1e-5)

@@ -28,11 +28,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from ebm_pretrain import models, sorting
+from ebm_pretrain.corruptions import check_corruption, make_corruption
 from ebm_pretrain.errors import fail
+from ebm_pretrain.losses import weighted_mean
 from ebm_pretrain.models import vit
-from ebm_pretrain.energy import weighted_mean
 from ebm_pretrain.objectives.base import DTYPES, Base, get_backbone
-from ebm_pretrain.objectives.restoration import check_corruption, make_corruption
 from ebm_pretrain.objectives.sorting import check_settings, set_defaults
 
 

@@ -153,6 +153,21 @@ class Base:
     return {}
 
 
+@dataclasses.dataclass
+class EnergyModelBase(Base):
+  """What every energy objective holds: the energy model (the backbone and a
+  bias-free Dense(1), ``models.get_energy_model``) under ``params["model"]``."""
+  backbone_path = ("model", "backbone")
+
+  def __post_init__(self):
+    c = self.config
+    self.model = models.get_energy_model(c.model.name, c.model.variant, **model_kwargs(c))
+    self.backbone = self.model.backbone
+
+  def init(self, rng, images):
+    return {"model": self.model.init(rng, images)["params"]}
+
+
 def check_layer_decay(config) -> None:
   """The check every objective with ``lr_multipliers = layer_decay_multipliers`` runs."""
   if not 0 < config.layer_decay <= 1:

@@ -12,21 +12,18 @@ import jax.numpy as jnp
 import ml_collections
 
 from ebm_pretrain import energy, models
+from ebm_pretrain.corruptions import check_corruption, make_corruption
 from ebm_pretrain.errors import fail
-from ebm_pretrain.objectives.base import Base, model_kwargs
-from ebm_pretrain.objectives.restoration import check_corruption, make_corruption
+from ebm_pretrain.objectives.base import EnergyModelBase
 
 
 @dataclasses.dataclass
-class ContrastiveObjective(Base):
-  backbone_path = ("model", "backbone")
+class ContrastiveObjective(EnergyModelBase):
 
   def __post_init__(self):
-    c = self.config
-    self.model = models.get_energy_model(c.model.name, c.model.variant, **model_kwargs(c))
-    self.backbone = self.model.backbone
+    super().__post_init__()
     self.energy_fn = models.energy_fn_of(self.model)
-    self.corrupt = make_corruption(c)
+    self.corrupt = make_corruption(self.config)
 
   @classmethod
   def defaults(cls, config) -> None:
@@ -39,9 +36,6 @@ class ContrastiveObjective(Base):
     check_corruption(config)
     if not config.energy_reg >= 0:
       fail("energy_reg", f"must be >= 0, got {config.energy_reg}")
-
-  def init(self, rng, images):
-    return {"model": self.model.init(rng, images)["params"]}
 
   def loss(self, params, model_state, batch, rng):
     x = batch["image"]

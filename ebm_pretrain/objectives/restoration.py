@@ -5,20 +5,21 @@ Dense(1)) and the learnable step size alpha."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 
-from ebm_pretrain import corruptions, energy, models
+from ebm_pretrain import energy, losses, models
+from ebm_pretrain.corruptions import check_corruption, make_corruption
 from ebm_pretrain.errors import fail
-from ebm_pretrain.objectives.base import Base, model_kwargs
+from ebm_pretrain.objectives.base import EnergyModelBase
 
 
 class Problem(NamedTuple):
   """One restoration problem: descend ``energy_fn(model_params, x)`` from ``start``
-  towards ``target``, scored with ``loss`` (a name in ``energy.LOSSES``)."""
+  towards ``target``, scored with ``loss`` (a name in ``losses.LOSSES``)."""
   energy_fn: Callable
   start: jax.Array
   target: jax.Array
@@ -26,15 +27,9 @@ class Problem(NamedTuple):
 
 
 @dataclasses.dataclass
-class EnergyModelObjective(Base):
+class EnergyModelObjective(EnergyModelBase):
   """An energy model (backbone + bias-free Dense(1)) and a learnable step size
   alpha; a subclass says what is restored (``problem``)."""
-  backbone_path = ("model", "backbone")
-
-  def __post_init__(self):
-    c = self.config
-    self.model = models.get_energy_model(c.model.name, c.model.variant, **model_kwargs(c))
-    self.backbone = self.model.backbone
 
   @classmethod
   def defaults(cls, config) -> None:
@@ -51,14 +46,14 @@ class EnergyModelObjective(Base):
   def check(cls, config) -> None:
     if not isinstance(config.inner_steps, int) or config.inner_steps < 1:
       fail("inner_steps", f"must be an int >= 1, got {config.inner_steps!r}")
-    if config.loss not in energy.LOSSES:
-      fail("loss", f"{config.loss!r}; valid: {', '.join(energy.LOSSES)}")
+    if config.loss not in losses.LOSSES:
+      fail("loss", f"{config.loss!r}; valid: {', '.join(losses.LOSSES)}")
     if not config.alpha.init > 0:
       fail("alpha.init", f"must be positive, got {config.alpha.init}")
 
   def init(self, rng, images):
-    return {"model": self.model.init(rng, images)["params"],
-            "log_alpha": energy.log_alpha_init(self.config.alpha.init)}
+    return dict(super().init(rng, images),
+                log_alpha=energy.log_alpha_init(self.config.alpha.init))
 
   def frozen(self, path: str) -> bool:
     return path == "log_alpha" and not self.config.alpha.learnable
@@ -79,7 +74,7 @@ class EnergyModelObjective(Base):
 
   def _metrics(self, params, p: Problem, aux, batch, model_state):
     metrics = {"alpha": self.alpha(params),
-               "corrupted_error": energy.pixel_error(p.start, p.target, p.loss, batch["valid"])}
+               "corrupted_error": losses.pixel_error(p.start, p.target, p.loss, batch["valid"])}
     metrics.update({f"step_error_{n + 1}": e for n, e in enumerate(aux["step_errors"])})
     return metrics, model_state
 
@@ -111,25 +106,6 @@ class EnergyModelObjective(Base):
   def console_metrics(self) -> list[str]:
     steps = [f"step_error_{n + 1}" for n in range(self.config.inner_steps)]
     return ["loss", *steps, "corrupted_error", "alpha"]
-
-
-def make_corruption(config) -> Callable[[Any, jax.Array], jax.Array]:
-  return corruptions.from_spec(config.task, mean=tuple(config.data.mean),
-                               std=tuple(config.data.std), **config.task_kwargs.to_dict())
-
-
-def check_corruption(config, field: str = "task") -> None:
-  """ConfigError unless ``config.task`` (with ``task_kwargs``) is a corruption of this data."""
-  ratio = config.task_kwargs.get("ratio", None)
-  if ratio is not None and not 0 < ratio < 1:
-    fail("task_kwargs.ratio", f"must be in (0, 1), got {ratio}")
-  try:
-    corruptions.parse_spec(config.task)
-    make_corruption(config)
-  except (ValueError, TypeError) as e:
-    fail(field, f"{e} (or an objective's short name: sorting, ae_<task>, mae)")
-  if config.task == "colorize" and config.data.channels != 3:
-    fail(field, f"colorize needs 3-channel data; data.channels={config.data.channels}")
 
 
 @dataclasses.dataclass

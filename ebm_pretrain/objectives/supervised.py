@@ -15,10 +15,14 @@ import numpy as np
 
 from ebm_pretrain import mixing
 from ebm_pretrain.errors import fail
-from ebm_pretrain.energy import weighted_mean
-from ebm_pretrain.objectives.base import (DTYPES, Base, get_backbone,
-                                          check_layer_decay, layer_decay_multipliers)
-
+from ebm_pretrain.losses import weighted_mean
+from ebm_pretrain.objectives.base import (
+  DTYPES,
+  Base,
+  check_layer_decay,
+  get_backbone,
+  layer_decay_multipliers,
+)
 
 BATCHNORM_EPS = 1e-6  # the linear probe's BatchNorm (export folds it with the same eps)
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from ebm_pretrain import objectives
 from ebm_pretrain.errors import fail
-from ebm_pretrain.energy import weighted_mean
+from ebm_pretrain.losses import weighted_mean
 
 
 @dataclasses.dataclass
