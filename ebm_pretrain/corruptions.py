@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from ebm_pretrain.errors import fail
+from ebm_pretrain.registry import Registry
 
 Array = jax.Array
 Corruption = Callable[[Array, Array], Array]
@@ -193,14 +194,14 @@ def _mask_random_preset(size: str = "large", **kw) -> Corruption:
   return mask_random(**{**RANDOM_BOX_PRESETS[size], **kw})
 
 
-CORRUPTIONS: dict[str, Callable[..., Corruption]] = {
+CORRUPTIONS = Registry("task", {
     "mask_grid": mask_grid,
     "mask_random": _mask_random_preset,
     "sr": super_resolution,
     "denoise": denoise,
     "colorize": colorize,
     "mixed": mixed,
-}
+}, kind="task")
 # Which corruptions use the data normalisation (they get mean/std passed in).
 _NEEDS_NORM = {"colorize", "mixed"}
 
@@ -208,18 +209,17 @@ _NEEDS_NORM = {"colorize", "mixed"}
 def register(name: str, factory: Callable[..., Corruption], *, needs_norm: bool = False) -> None:
   """Makes ``config.task = name`` (and ``:task=name``) use ``factory(**task_kwargs)``;
   ``needs_norm``: it also gets the data's ``mean`` and ``std``."""
-  CORRUPTIONS[name] = factory
+  CORRUPTIONS.register(name, factory)
   if needs_norm:
     _NEEDS_NORM.add(name)
 
 
 def get_corruption(name: str, **kwargs) -> Corruption:
-  if name not in CORRUPTIONS:
-    raise ValueError(f"unknown task {name!r}; valid: {', '.join(sorted(CORRUPTIONS))}")
+  factory = CORRUPTIONS.get(name)  # (ConfigError, a ValueError, naming the valid ones)
   if name not in _NEEDS_NORM:
     kwargs.pop("mean", None)
     kwargs.pop("std", None)
-  return CORRUPTIONS[name](**kwargs)
+  return factory(**kwargs)
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:
@@ -229,7 +229,7 @@ def parse_spec(spec: str) -> tuple[str, dict]:
     return spec, {}
   m = re.fullmatch(r"(sr)(\d+)|(mask_grid)(\d+)|(mask_random)_(small|large)", spec)
   if m is None:
-    raise ValueError(f"unknown task {spec!r}; valid: {', '.join(sorted(CORRUPTIONS))} "
+    raise ValueError(f"unknown task {spec!r}; valid: {', '.join(CORRUPTIONS.names())} "
                      "(with forms like sr16, mask_grid32, mask_random_small)")
   if m.group(1):
     return "sr", {"scale": int(m.group(2))}

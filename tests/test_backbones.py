@@ -229,7 +229,7 @@ def test_from_init_without_init_is_a_clear_error():
 def scratch_registry(monkeypatch):
   """The backbone registry as it was before the test (the docs/backbones.md example
   registers a backbone; other tests list the registry)."""
-  monkeypatch.setattr(models, "_BACKBONES", dict(models._BACKBONES))
+  monkeypatch.setattr(models, "_BACKBONES", models._BACKBONES.copy())
 
 
 def test_the_docs_custom_backbone_example_trains_and_decays(scratch_registry):

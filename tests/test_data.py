@@ -173,3 +173,21 @@ def test_validation_holdout_is_disjoint_from_training_and_from_test():
   c.data.holdout = 0
   with pytest.raises(sources.DataSourceError, match="needs data.holdout > 0"):
     sources.get_source(c.data, "holdout")
+
+
+def test_a_registered_data_source_is_read_by_name(monkeypatch):
+  """``sources.register``: a plug-in's own data, named by ``config.data.source``."""
+  from ebm_pretrain.errors import ConfigError
+  monkeypatch.setattr(sources, "SOURCES", sources.SOURCES.copy())
+  rows = [{"image": np.full((4, 4, 1), i, np.uint8), "label": i % 2} for i in range(6)]
+  sources.register("my_rows", lambda data_cfg, split: rows if split == "train" else rows[:2])
+  d = load_config("tiny").data
+  d.source = "my_rows"
+  assert len(sources.get_source(d, "train")) == 6 and len(sources.get_source(d, "test")) == 2
+  d.holdout = 2
+  assert len(sources.get_source(d, sources.HOLDOUT)) == 2
+  assert len(sources.get_train_source(d)) == 4
+  d.source = "nope"
+  with pytest.raises(ConfigError, match=r"config.data.source: unknown source 'nope'; valid: "
+                     r"fashion_mnist_offline, folder, garment_scenes, my_rows, synthetic, tfds"):
+    sources.get_source(d, "train")

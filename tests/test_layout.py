@@ -3,6 +3,8 @@ nothing of the trainer, objectives, evaluators or recipes."""
 import ast
 import os
 
+import pytest
+
 from helpers import ROOT
 
 LOW = ["energy.py", "corruptions.py", "sorting.py", "models", "data", "trees.py", "errors.py",
@@ -68,3 +70,18 @@ def test_only_the_benchmark_reference_imports_torch():
         if any(m.split(".")[0] in ("torch", "timm", "torchvision") for m, _ in _imports(path)):
           importers.add(os.path.relpath(path, ROOT))
   assert importers == {os.path.join("ebm_pretrain", "torch_reference.py")}
+
+
+def test_one_registry_style_for_everything_a_config_names():
+  """Objectives, evaluators, corruptions, backbones and data sources are each a
+  ``registry.Registry``: one way to add one, one message for an unknown name."""
+  from ebm_pretrain import corruptions, evaluators, models, objectives, registry
+  from ebm_pretrain.data import sources
+  from ebm_pretrain.errors import ConfigError
+  tables = {"objective": objectives._REGISTRY, "evals": evaluators._REGISTRY,
+            "task": corruptions.CORRUPTIONS, "model.name": models._BACKBONES,
+            "data.source": sources.SOURCES}
+  for field, table in tables.items():
+    assert isinstance(table, registry.Registry), field
+    with pytest.raises(ConfigError, match=r"unknown .*'no_such_thing'; valid: "):
+      table.get("no_such_thing")

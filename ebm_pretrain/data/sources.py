@@ -21,6 +21,7 @@ import msgpack
 import numpy as np
 
 from ebm_pretrain import fs
+from ebm_pretrain.registry import Registry
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
 
@@ -260,31 +261,51 @@ def get_source(data_cfg, split: str) -> Sequence[dict]:
                             "training examples to hold out for validation)")
     train = get_source(data_cfg, data_cfg.split)
     return Indexed(train, holdout_indices(len(train), data_cfg.holdout)[0])
-  kind = data_cfg.source
-  if kind == "tfds":
-    return tfds_source(data_cfg.name, split, data_cfg.data_dir or None)
-  if kind == "fashion_mnist_offline":
-    return fashion_mnist_source(split, _cache_dir(data_cfg), data_cfg.idx_dir or None)
-  if kind == "folder":
-    folder = data_cfg.folder if split == "train" else data_cfg.eval_folder or data_cfg.folder
-    digest = hashlib.sha1(fs.name(folder).encode()).hexdigest()[:12]
-    # ArrayRecord writes local files: a cloud data_dir keeps this cache locally.
-    cache = _cache_dir(data_cfg)
-    cache = os.path.expanduser("~/tensorflow_datasets") if fs.is_cloud(cache) else cache
-    out = os.path.join(cache, f"folder_{digest}")
-    return FolderSource(prepare_folder(folder, out))
-  if kind == "garment_scenes":  # the offline segmentation demo (data/segmentation.py)
-    from ebm_pretrain.data.segmentation import GarmentScenes
-    # Training scenes from the training garments, any other split's from the test ones.
-    garments = fashion_mnist_source("train" if split == "train" else "test",
-                                    _cache_dir(data_cfg), data_cfg.idx_dir or None)
-    return GarmentScenes(garments, data_cfg.num_examples or len(garments), data_cfg.scene_size,
+  return SOURCES.get(data_cfg.source)(data_cfg, split)
+
+
+def _tfds(data_cfg, split: str):
+  return tfds_source(data_cfg.name, split, data_cfg.data_dir or None)
+
+
+def _fashion_mnist(data_cfg, split: str):
+  return fashion_mnist_source(split, _cache_dir(data_cfg), data_cfg.idx_dir or None)
+
+
+def _folder(data_cfg, split: str):
+  folder = data_cfg.folder if split == "train" else data_cfg.eval_folder or data_cfg.folder
+  digest = hashlib.sha1(fs.name(folder).encode()).hexdigest()[:12]
+  # ArrayRecord writes local files: a cloud data_dir keeps this cache locally.
+  cache = _cache_dir(data_cfg)
+  cache = os.path.expanduser("~/tensorflow_datasets") if fs.is_cloud(cache) else cache
+  return FolderSource(prepare_folder(folder, os.path.join(cache, f"folder_{digest}")))
+
+
+def _garment_scenes(data_cfg, split: str):
+  """The offline segmentation demo (data/segmentation.py): training scenes from
+  the training garments, any other split's from the test ones."""
+  from ebm_pretrain.data.segmentation import GarmentScenes
+  garments = fashion_mnist_source("train" if split == "train" else "test",
+                                  _cache_dir(data_cfg), data_cfg.idx_dir or None)
+  return GarmentScenes(garments, data_cfg.num_examples or len(garments), data_cfg.scene_size,
+                       data_cfg.channels, seed=0 if split == "train" else 1)
+
+
+def _synthetic(data_cfg, split: str):
+  return SyntheticSource(data_cfg.num_examples or 1024, data_cfg.image_size,
                          data_cfg.channels, seed=0 if split == "train" else 1)
-  if kind == "synthetic":
-    return SyntheticSource(data_cfg.num_examples or 1024, data_cfg.image_size,
-                           data_cfg.channels, seed=0 if split == "train" else 1)
-  raise ValueError(f"unknown data.source {kind!r}; valid: tfds, fashion_mnist_offline, "
-                   "folder, garment_scenes, synthetic")
+
+
+# ``config.data.source`` -> a reader ``(data_cfg, split) -> a sequence of
+# {"image", "label"}``; ``register`` adds one (a plug-in's own data).
+SOURCES = Registry("data.source", {
+    "tfds": _tfds, "fashion_mnist_offline": _fashion_mnist, "folder": _folder,
+    "garment_scenes": _garment_scenes, "synthetic": _synthetic}, kind="source")
+
+
+def register(name: str, reader) -> None:
+  """Makes ``config.data.source = name`` read ``reader(data_cfg, split)``."""
+  SOURCES.register(name, reader)
 
 
 def _cache_dir(data_cfg) -> str:

@@ -28,6 +28,7 @@ import flax.linen as nn
 from ebm_pretrain.models import (convnext, convnext_timm, loading, swin, swin_timm, vit,
                                  vit_timm)
 from ebm_pretrain.models.energy_model import EnergyModel, energy_fn_of
+from ebm_pretrain.registry import Registry
 from ebm_pretrain.models.vit import ViT, decode_variant, posemb_sincos_2d
 
 
@@ -41,7 +42,7 @@ class Backbone:
   timm: Any = None  # a module with to_timm / from_timm (models/vit_timm.py): export, import
 
 
-_BACKBONES: dict[str, Backbone] = {}
+_BACKBONES = Registry("model.name", {}, kind="model")
 
 
 def register_backbone(name: str, factory: Callable[..., nn.Module],
@@ -49,17 +50,16 @@ def register_backbone(name: str, factory: Callable[..., nn.Module],
                       finetune: Callable[[dict], dict] | None = None,
                       check: Callable[..., None] | None = None,
                       load: Callable[..., dict] | None = None, timm: Any = None) -> None:
-  _BACKBONES[name] = Backbone(factory, layer_id, finetune, check, load, timm)
+  _BACKBONES.register(name, Backbone(factory, layer_id, finetune, check, load, timm),
+                      module=getattr(factory, "__module__", ""))
 
 
 def backbone_names() -> list[str]:
-  return sorted(_BACKBONES)
+  return _BACKBONES.names()
 
 
 def _family(name: str) -> Backbone:
-  if name not in _BACKBONES:
-    raise ValueError(f"unknown model {name!r}; valid: {', '.join(backbone_names())}")
-  return _BACKBONES[name]
+  return _BACKBONES.get(name)  # (ConfigError, a ValueError, naming the valid ones)
 
 
 def get_backbone(name: str, variant: str, **kwargs) -> nn.Module:
@@ -104,7 +104,7 @@ def timm_mapping(name: str):
   naming the families that have one."""
   hook = _family(name).timm
   if hook is None:
-    have = [n for n in backbone_names() if _BACKBONES[n].timm is not None]
+    have = [n for n in backbone_names() if _family(n).timm is not None]
     raise ValueError(f"model {name!r} has no timm mapping yet; these have: {', '.join(have)}")
   return hook
 
@@ -113,7 +113,7 @@ def model_of_timm(architecture: str, kwargs: dict) -> dict:
   """Our ``config.model`` for a timm architecture + kwargs (an exported
   config.json), from the first family whose mapping recognises it."""
   for name in backbone_names():
-    hook = _BACKBONES[name].timm
+    hook = _family(name).timm
     model = hook.model_of(architecture, kwargs) if hook is not None else None
     if model is not None:
       return model
