@@ -9,7 +9,7 @@ from helpers import ROOT
 
 LOW = ["energy.py", "corruptions.py", "sorting.py", "models", "data", "trees.py", "errors.py",
        "fs.py", "tasks.py"]
-HIGH = {"train", "main", "objectives", "evaluators", "recipes", "config_lib", "validate",
+HIGH = {"train", "main", "objectives", "evaluators", "recipes", "config_lib", "validate", "schema",
         "checkpoints", "train_checkpoints", "transfer", "pretrained", "benchmark", "knn", "optim"}
 
 
@@ -46,6 +46,43 @@ def test_low_level_modules_import_nothing_above_them():
     if used & HIGH:
       bad[os.path.relpath(f, ROOT)] = sorted(used & HIGH)
   assert not bad, bad
+
+
+def _module_graph() -> dict[str, set[str]]:
+  """Module -> the package modules it imports anywhere (function-level imports
+  included: a cycle hidden in a function is still a cycle)."""
+  pkg = os.path.join(ROOT, "ebm_pretrain")
+  files = {}
+  for root, _, names in os.walk(pkg):
+    for f in names:
+      if f.endswith(".py"):
+        rel = os.path.relpath(os.path.join(root, f), ROOT)[:-3].replace(os.sep, ".")
+        files[rel.removesuffix(".__init__")] = os.path.join(root, f)
+  graph = {}
+  for name, path in files.items():
+    here = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
+    out = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+      if isinstance(node, ast.ImportFrom):
+        base = (".".join(here.split(".")[:len(here.split(".")) - node.level + 1]
+                         + ([node.module] if node.module else []))
+                if node.level else node.module or "")
+        for a in node.names:  # a submodule if there is one, else the module itself
+          out.add(f"{base}.{a.name}" if f"{base}.{a.name}" in files else base)
+      elif isinstance(node, ast.Import):
+        out |= {a.name for a in node.names}
+    graph[name] = {m for m in out if m in files and m != name}
+  return graph
+
+
+def test_no_import_cycles():
+  graph = _module_graph()
+  assert len(graph) > 60
+
+  def reaches(a, b, seen):
+    return b in graph[a] or any(reaches(c, b, seen | {a}) for c in graph[a] - seen)
+  cycles = sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if reaches(b, a, set())})
+  assert not cycles, cycles
 
 
 def test_the_trainer_asks_objectives_nothing_by_introspection():
