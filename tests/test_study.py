@@ -193,8 +193,8 @@ def test_cost_times_every_pretraining_in_one_process_and_the_report_uses_it(tmp_
   for method in ("mixed", "sorting"):
     record = dict(cell=dict(kind="pretrain", method=method, seed=0, eval=""), seed=0,
                   wall_s=60.0, img_per_s=10.0, train_images=80, metrics=dict(loss=0.1),
-                  config=dict(objective="energy", total_epochs=1, inner_steps=2,
-                              data=dict(eval_split="holdout")))
+                  config=dict(objective="energy" if method == "mixed" else method,
+                              total_epochs=1, inner_steps=2, data=dict(eval_split="holdout")))
     (tmp_path / "out" / "cells" / f"pretrain__{method}__s0.json").write_text(json.dumps(record))
   table = study.report(out)
   assert f"| {1000 * m['mixed']['step_s']:.0f} |" in table
@@ -271,3 +271,17 @@ def test_a_cell_is_dirty_for_changed_code_not_for_the_runs_own_output(tmp_path, 
   (repo / "code.py").write_text("x = 2\n")
   source = runner._source(out)
   assert source["dirty"] is True and len(source["diff_sha256"]) == 64
+
+
+def test_a_method_that_differs_only_in_length_takes_its_twins_step_time():
+  """mae_ep15 is mae's program run longer: cost.json's mae step times it; a
+  method whose pretraining differs otherwise (N) does not borrow one."""
+  from ebm_pretrain.study import cost as study_cost
+  config = dict(objective="mae", total_epochs=3, seed=0, optim=dict(base_lr=1e-3))
+  pre = [dict(cell=dict(method="mae"), config=config),
+         dict(cell=dict(method="mae_ep15"), config=dict(config, total_epochs=15, seed=1)),
+         dict(cell=dict(method="mae_lr"), config=dict(config, optim=dict(base_lr=3e-3)))]
+  cost = {"mae": dict(step_s=0.1, batch_size=64)}
+  got = study_cost.with_same_steps(cost, pre)
+  assert got["mae_ep15"] == dict(step_s=0.1, batch_size=64, same_step_as="mae")
+  assert "mae_lr" not in got and got["mae"] == cost["mae"]

@@ -126,4 +126,9 @@ def get_config(arg=None):
            kind="matches"),
   ]
   g.n_sweep = ml_collections.ConfigDict(dict(contrastive=0, mixed_n1=1, mixed=2, mixed_n3=3))
+  # Accuracy against pretraining compute (top1_vs_wall.png joins each): one method
+  # pretrained for several lengths.
+  g.compute_curves = ml_collections.ConfigDict(dict(
+      mixed=["mixed_ep1", "mixed", "mixed_ep6"], mae=["mae", "mae_ep6", "mae_ep15", "mae_ep30"],
+      ae_sr=["ae_sr", "ae_sr_ep9", "ae_sr_ep27"]))
   return g

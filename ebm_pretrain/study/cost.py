@@ -63,3 +63,25 @@ def load(out: str) -> dict:
   """``OUT/cost.json``'s methods ({} without one)."""
   path = os.path.join(out, "cost.json")
   return json.load(open(path))["methods"] if os.path.exists(path) else {}
+
+
+# What a pretraining's length changes: not its step.
+LENGTH_KEYS = {"total_epochs", "total_steps", "seed"}
+
+
+def with_same_steps(cost: dict, pretrainings: list[dict]) -> dict:
+  """``cost`` and, for a method it lacks whose pretraining differs from a
+  measured method's only in its length (``mae_ep15`` and ``mae``: the same
+  program), that method's step time, marked ``same_step_as``. Keys only one
+  config has (declared after the older cell was made) are not compared."""
+  from ebm_pretrain.workdir import dotted
+  flat = {r["cell"]["method"]: dotted(r["config"]) for r in pretrainings}
+
+  def same(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] for k in a.keys() & b.keys() if k not in LENGTH_KEYS)
+  out = dict(cost)
+  for m, config in sorted(flat.items()):
+    twin = next((t for t in sorted(cost) if t in flat and same(config, flat[t])), None)
+    if m not in cost and twin:
+      out[m] = dict(cost[twin], same_step_as=twin)
+  return out

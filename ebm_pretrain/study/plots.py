@@ -152,10 +152,11 @@ def pretraining_minutes(record: dict, cost: dict) -> float:
 
 
 def top1_vs_wall(s: dict, evals: list[str], pretrainings: list[dict], cost: dict,
-                 path: str) -> None:
+                 path: str, curves: dict[str, list[str]] | None = None) -> None:
   """Top-1 against the pretraining's minutes (``pretraining_minutes``, mean over
   seeds), one point per method, coloured by family: the small-scale analogue of
-  the paper's cost comparisons (Tables 4-5)."""
+  the paper's cost comparisons (Tables 4-5). ``curves``: methods joined by a line
+  (one method pretrained for several lengths: accuracy against compute)."""
   wall: dict[str, list[float]] = {}
   family: dict[str, str] = {}
   for r in pretrainings:
@@ -170,6 +171,12 @@ def top1_vs_wall(s: dict, evals: list[str], pretrainings: list[dict], cost: dict
                   label=None if f in seen else f)
       ax.annotate(m, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
       seen.add(f)
+    for members in (curves or {}).values():
+      points = sorted((float(np.mean(wall[m])), _mean_err(s[e][m])[0], family[m])
+                      for m in members if m in wall and m in s[e])
+      if len(points) > 1:
+        ax.plot([p[0] for p in points], [p[1] for p in points], "-", alpha=0.5,
+                color=COLOR.get(points[0][2], "black"))
   xlabel = ("pretraining time: steps x step time of cost.json (min)" if cost
             else "pretraining time at its median speed (min)")
   _per_eval(s, [e for e in evals if any(m in s[e] for m in wall)], path, xlabel, draw)

@@ -166,7 +166,7 @@ def report(out: str, readme: str | None = None) -> str:
   top1_table = "\n".join(lines) + "\n"
   pre = sorted((r for r in rows if r["cell"]["kind"] == "pretrain"),
                key=lambda r: (r["cell"]["method"], r["seed"]))
-  cost = study_cost.load(out)
+  cost = study_cost.with_same_steps(study_cost.load(out), pre)
   if pre:
     lines += ["", "| pretraining | objective | N | epochs | seed | wall (min) | img/s (median) "
               "| step (ms, cost.json) | time (min) | final loss |",
@@ -174,6 +174,7 @@ def report(out: str, readme: str | None = None) -> str:
     for r in pre:
       c = cost.get(r["cell"]["method"])
       step_ms = f"{1000 * c['step_s']:.0f}" if c else "-"
+      step_ms += f" ({c['same_step_as']}'s)" if c and "same_step_as" in c else ""
       lines.append(f"| {r['cell']['method']} | {r['config']['objective']} | "
                    f"{plots.inner_steps(r)} | {r['config']['total_epochs']:g} | {r['seed']} | "
                    f"{r['wall_s'] / 60:.1f} | {r['img_per_s'] or 0:.0f} | "
@@ -196,7 +197,8 @@ def report(out: str, readme: str | None = None) -> str:
   plots.top1(s, main_evals, methods, os.path.join(out, "top1.png"))
   plots.psnr_per_step(pre, os.path.join(out, "psnr_steps.png"))
   plots.top1_vs_n(s, main_evals, grid.get("n_sweep", {}), os.path.join(out, "top1_vs_n.png"))
-  plots.top1_vs_wall(s, main_evals, pre, cost, os.path.join(out, "top1_vs_wall.png"))
+  plots.top1_vs_wall(s, main_evals, pre, cost, os.path.join(out, "top1_vs_wall.png"),
+                     curves=grid.get("compute_curves", {}))
   if readme:  # the blocks of the test split's report are test_results, test_claims
     prefix = "test_" if split == ["test"] else ""
     _replace_blocks(readme, {f"{prefix}results": top1_table, f"{prefix}claims": claims})
