@@ -16,7 +16,7 @@ prints the table of test-split top-1 that the README gives.
 The recipe is the paper's optimizer and regularisation (AdamW (0.9, 0.999), wd
 0.05, layer decay 0.75, drop path 0.1, label smoothing 0.1, warmup + cosine)
 without its data augmentation: at 28px with 600 labels and ~500 steps, RandAug
-+ mixup/cutmix + random crops underfit (README, "Demo: fine-tuning").
++ mixup/cutmix + random crops underfit (docs/study.md, "The demo fine-tuning").
 ``:full_augment=True`` restores the Table A augmentation. ``:linprobe=True``
 probes the frozen backbone instead (MAE's linear probing: BatchNorm + linear
 head on the frozen features; AdamW, not LARS, at this scale; any family's
