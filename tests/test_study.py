@@ -249,8 +249,9 @@ def test_a_larger_grid_is_an_argument_not_a_change():
 
 
 def test_a_cell_is_dirty_for_changed_code_not_for_the_runs_own_output(tmp_path, monkeypatch):
-  """A run rewrites its (tracked, committed) OUT/grid.json: that is output, not
-  a change to the code that made the cells."""
+  """A run rewrites its (tracked, committed) OUT/grid.json, and a test-split
+  grid's runs rewrite their pretraining grid's: that is output, not a change to
+  the code that made the cells."""
   import subprocess
 
   from ebm_pretrain.study import runner
@@ -267,6 +268,12 @@ def test_a_cell_is_dirty_for_changed_code_not_for_the_runs_own_output(tmp_path, 
   out = str(repo / "results" / "grid1")
   assert runner._source(out)["dirty"] is False
   (repo / "results" / "grid1" / "grid.json").write_text('{"methods": {}}\n')
+  assert runner._source(out)["dirty"] is False
+  (repo / "results" / "grid0").mkdir()
+  (repo / "results" / "grid0" / "grid.json").write_text("{}\n")
+  git("add", ".")
+  git("commit", "-qm", "the pretraining grid")
+  (repo / "results" / "grid0" / "grid.json").write_text('{"methods": {}}\n')
   assert runner._source(out)["dirty"] is False
   (repo / "code.py").write_text("x = 2\n")
   source = runner._source(out)

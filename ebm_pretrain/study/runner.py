@@ -25,13 +25,15 @@ from ebm_pretrain.study.grid import (EVAL_FILTERS, PIXELS, REPO, Cell, cells, ha
 
 def _source(out: str) -> dict:
   """What ran a cell: the commit, whether the tracked files differed from it
-  (``dirty``) and a hash of that difference, and the XLA flags in force. The
-  grid's own output folder ``out`` is left out of the difference: a run rewrites
-  its ``grid.json`` (and a committed results folder is tracked)."""
+  (``dirty``) and a hash of that difference, and the XLA flags in force. Study
+  output is left out of the difference, both the grid's own ``out`` and the
+  committed ``results/`` folders: a run rewrites its ``grid.json``, and a
+  test-split grid's runs rewrite their pretraining grid's."""
   def git(*args) -> str:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, check=True).stdout
-  rel = os.path.relpath(os.path.abspath(out), REPO)
-  outside = [] if rel.startswith("..") else ["--", ".", f":(exclude){rel}"]
+  outputs = {os.path.relpath(os.path.abspath(out), REPO), "results"}
+  outside = ["--", ".", *(f":(exclude){rel}" for rel in sorted(outputs)
+                          if not rel.startswith(".."))]
   try:
     commit, diff = git("rev-parse", "HEAD").decode().strip(), git("diff", "HEAD", *outside)
   except (OSError, subprocess.CalledProcessError):
