@@ -1,18 +1,23 @@
 import os
 import tempfile
 
-# Tests run on the CPU with 8 fake devices unless the caller chose otherwise.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent compilation cache for the whole suite, shared by both xdist
 # workers and every CLI process they start (they inherit the environment): most
 # tests compile the same tiny models, and a run from the cache skips most of its
 # start-up (README, "Tests"). Entries are keyed by the program, the flags and the
-# devices, so a hit runs the same executable a compile would produce.
+# devices, so a hit runs the same executable a compile would produce. (Set
+# before jax is imported: jax reads these when it is.)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       os.path.join(tempfile.gettempdir(), "ebm_pretrain_tests_jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+
+from helpers import SUITE_XLA_FLAGS  # noqa: E402
+
+# 8 fake devices unless the caller chose otherwise, and the suite's compiler
+# flags (helpers.SUITE_XLA_FLAGS); XLA reads them when the backend starts.
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {SUITE_XLA_FLAGS}")
 
 
 import pytest  # noqa: E402

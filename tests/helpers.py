@@ -19,9 +19,19 @@ def load_config(name: str, arg: str | None = None):
   return module.get_config(arg)
 
 
-def cli_env(num_devices: int = 1, **extra) -> dict:
+# The suite's programs are compiled with LLVM's optimizations off: most of the
+# suite's time is compiling tiny models (a cold tiny pretraining is two thirds
+# compile), which this roughly halves, while every test compares results
+# computed under the same flags (or against a tolerance). The code users run is
+# compiled at XLA's default level; tests/test_xla_flags.py checks the compiler
+# there (``cli_env(optimized=True)``).
+SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def cli_env(num_devices: int = 1, optimized: bool = False, **extra) -> dict:
   env = dict(os.environ)
-  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}" + (
+      "" if optimized else f" {SUITE_XLA_FLAGS}")
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
   env.update(extra)

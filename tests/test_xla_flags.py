@@ -28,7 +28,7 @@ for dtype, n in ((jnp.float64, 16_385), (jnp.float32, 32_769)):
 
 
 def run_canary(**env) -> list[tuple[str, float, float]]:
-  proc = subprocess.run([sys.executable, "-c", CANARY], cwd=ROOT, env=cli_env(1, **env),
+  proc = subprocess.run([sys.executable, "-c", CANARY], cwd=ROOT, env=cli_env(1, optimized=True, **env),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return [(name, float(eager), float(jit))
@@ -84,7 +84,7 @@ def test_the_package_sets_the_flag_in_its_processes():
   """Every entry point imports the package first: the flag is in force there
   (and in the processes it starts, which inherit the environment)."""
   code = "import os, ebm_pretrain; print(os.environ['XLA_FLAGS'])"
-  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env(1),
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=cli_env(1, optimized=True),
                         capture_output=True, text=True, timeout=120)
   assert proc.stdout.split() == ["--xla_force_host_platform_device_count=1",
                                  "--xla_cpu_experimental_ynn_fusion_type="]
