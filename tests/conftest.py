@@ -22,6 +22,22 @@ os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {S
 
 import pytest  # noqa: E402
 
+# The files whose end-to-end runs (several CLI processes, multi-process runs,
+# segmentation) take longest, longest first. xdist hands out whole files in
+# collection order (pyproject.toml: --no-loadscope-reorder; its default order is
+# by number of tests, which put the one-test, multi-process files last): started
+# first, none of them is left running alone on one worker at the end.
+LONGEST_FIRST = ("test_resume.py", "test_peer_loss.py", "test_finetune.py",
+                 "test_backbones.py", "test_segmentation.py", "test_study.py",
+                 "test_distributed.py", "test_timm.py", "test_failures.py",
+                 "test_disk_full.py", "test_baselines.py", "test_train.py",
+                 "test_benchmark.py", "test_data.py", "test_sorting.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
+
 
 @pytest.fixture(scope="session")
 def tiny_pretrain(tmp_path_factory):
