@@ -142,8 +142,24 @@ class _TensorBoardFactory:
     return _TensorBoardFile(p)
 
 
+def _import_tensorboardx() -> None:
+  """Imports tensorboardX with torch hidden, unless torch is loaded already:
+  its writer module imports torch wherever it is installed (timm's, for the
+  export) only to annotate types, which added seconds to every run's start-up.
+  Afterwards ``import torch`` works as before."""
+  import sys
+  if "tensorboardX" in sys.modules or "torch" in sys.modules:
+    return
+  sys.modules["torch"] = None  # (an import of torch raises ImportError meanwhile)
+  try:
+    import tensorboardX  # noqa: F401
+  finally:
+    del sys.modules["torch"]
+
+
 def register_tensorboard() -> None:
   """Routes tensorboardX's cloud event files through this path layer."""
+  _import_tensorboardx()
   from tensorboardX import record_writer
   for scheme in CLOUD_SCHEMES:
     record_writer.register_writer_factory(scheme.split(":")[0], _TensorBoardFactory())

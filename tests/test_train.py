@@ -98,6 +98,31 @@ def test_cli_run_writes_checkpoint_metrics_tensorboard_and_grids(tmp_path):
   assert step == 4 and int(state["step"]) == 4
 
 
+def test_the_metric_writer_does_not_import_torch(tmp_path):
+  """tensorboardX imports torch wherever it is installed (timm's, for the
+  export): a run's start-up does not pay for that, and torch still imports
+  afterwards."""
+  import subprocess
+  import sys
+
+  from helpers import ROOT, cli_env
+  code = ("import importlib.util, sys\n"
+          "from ebm_pretrain import metrics\n"
+          "w = metrics.MetricWriter(sys.argv[1])\n"
+          "w.scalars(1, {'loss': 0.5})\n"
+          "w.flush()\n"
+          "print('torch' in sys.modules)\n"
+          "if importlib.util.find_spec('torch') is not None:\n"
+          "  import torch\n"
+          "  print(float(torch.ones(2).sum()))\n")
+  proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, env=cli_env(1),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.split()[0] == "False", proc.stdout
+  assert proc.stdout.split()[1:] in ([], ["2.0"])
+  assert glob.glob(str(tmp_path / "tensorboard" / "events*"))
+
+
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   wd = str(tmp_path / "nan")
   c = load_config("tiny", "steps=6")
