@@ -49,9 +49,11 @@ def test_upernet_logits_have_the_input_size_and_train(family):
   model = upernet.SegmentationModel(_backbone(family), num_classes=5, channels=16,
                                     aux_channels=8)
   x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
-  variables = model.init(jax.random.key(1), x)
-  assert model.apply(variables, x).shape == (2, size, size, 5)
-  main, aux = model.apply(variables, x, aux=True)
+  # Compiled whole (op by op, each of the backbone's operations is a compile).
+  variables = jax.jit(model.init)(jax.random.key(1), x)
+  apply = jax.jit(model.apply, static_argnames=("aux",))
+  assert apply(variables, x).shape == (2, size, size, 5)
+  main, aux = apply(variables, x, aux=True)
   assert aux.shape == main.shape and not np.allclose(aux, main)
   labels = jax.random.randint(jax.random.key(2), (2, size, size), 0, 5)
 
@@ -61,7 +63,7 @@ def test_upernet_logits_have_the_input_size_and_train(family):
         mutable=["batch_stats"], rngs={"dropout": jax.random.key(3)})
     ce = lambda z: -jnp.take_along_axis(jax.nn.log_softmax(z), labels[..., None], -1).mean()
     return ce(logits) + 0.4 * ce(aux), state
-  (value, state), grads = jax.value_and_grad(loss, has_aux=True)(variables["params"])
+  (value, state), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
   assert np.isfinite(value)
   # Every parameter, backbone to classifier, gets a gradient; BatchNorm statistics move.
   norms = jax.tree.map(lambda g: float(jnp.abs(g).sum()), grads)

@@ -45,7 +45,8 @@ def test_features_equal_timms_and_round_trip(model, size):
   options = {k: v for k, v in model.items() if k not in ("name", "variant")}
   net = models.get_backbone(model["name"], model["variant"], **options)
   x = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (3, size, size, 3)))
-  params = net.init(jax.random.PRNGKey(1), x)["params"]
+  apply = jax.jit(net.apply)  # (compiled whole: op by op, every operation is a compile)
+  params = jax.jit(net.init)(jax.random.PRNGKey(1), x)["params"]
   leaves, tree = jax.tree.flatten(params)  # move every leaf off its init (zeros, ones)
   keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
   params = jax.device_get(jax.tree.unflatten(
@@ -54,7 +55,7 @@ def test_features_equal_timms_and_round_trip(model, size):
   name, kwargs, state = mapping.to_timm(params, model, image_size=size, channels=3)
   theirs = timm.create_model(name, pretrained=False, **kwargs).eval()
   theirs.load_state_dict({k: torch.tensor(v) for k, v in state.items()}, strict=True)
-  ours = np.asarray(net.apply({"params": params}, x))
+  ours = np.asarray(apply({"params": params}, x))
   np.testing.assert_allclose(_torch_forward(theirs, x), ours, atol=1e-4, rtol=0)
   back = mapping.from_timm(state, model)
   assert jax.tree.structure(back) == jax.tree.structure(params)
@@ -62,7 +63,7 @@ def test_features_equal_timms_and_round_trip(model, size):
   if model.get("posemb", "learn") == "learn":  # import: a timm model with timm's own init
     native = timm.create_model(name, pretrained=False, **kwargs).eval()
     imported = mapping.from_timm({k: v.numpy() for k, v in native.state_dict().items()}, model)
-    np.testing.assert_allclose(np.asarray(net.apply({"params": imported}, x)),
+    np.testing.assert_allclose(np.asarray(apply({"params": imported}, x)),
                                _torch_forward(native, x), atol=1e-4, rtol=0)
   expected = {"name": model["name"], "variant": model["variant"]}
   if model["name"] == "vit":  # a timm ViT's own embeddings are learned, whatever ours were
