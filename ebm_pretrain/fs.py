@@ -145,7 +145,7 @@ class _TensorBoardFactory:
 def _import_tensorboardx() -> None:
   """Imports tensorboardX with torch hidden, unless torch is loaded already:
   its writer module imports torch wherever it is installed (timm's, for the
-  export) only to annotate types, which added seconds to every run's start-up.
+  export) only to annotate types, which slowed every run's start-up.
   Afterwards ``import torch`` works as before."""
   import sys
   if "tensorboardX" in sys.modules or "torch" in sys.modules:

@@ -19,12 +19,12 @@ def load_config(name: str, arg: str | None = None):
   return module.get_config(arg)
 
 
-# The suite's programs are compiled with LLVM's optimizations off: most of the
-# suite's time is compiling tiny models (a cold tiny pretraining is two thirds
-# compile), which this roughly halves, while every test compares results
+# The suite's programs are compiled with XLA's backend (LLVM) optimizations
+# off: most of the suite's time is compiling tiny models, which those
+# optimizations lengthen and barely speed up, while every test compares results
 # computed under the same flags (or against a tolerance). The code users run is
 # compiled at XLA's default level; tests/test_xla_flags.py checks the compiler
-# there (``cli_env(optimized=True)``).
+# there (``cli_env(optimized=True)``). Measured: docs/performance.md.
 SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0"
 
 
