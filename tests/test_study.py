@@ -233,7 +233,23 @@ def test_the_test_split_runs_only_what_the_claims_read():
   assert len(holdout.evals) > len(test.evals)
   assert test.overrides.data.eval_split == "test" and holdout.overrides.data.eval_split == "holdout"
   pre = [c.id for c in study.cells(test) if c.kind == "pretrain"]
-  assert pre == [c.id for c in study.cells(holdout) if c.kind == "pretrain"]
+  # The pretraining learning-rate search runs on the holdout alone, seed 0, and is
+  # judged by the four evaluations the claims read.
+  search = holdout.pretrain_lr_search
+  assert "pretrain_lr_search" not in test and sorted({s.method for s in search.values()}) == [
+      "ae_sr", "mae", "mixed", "sr"]
+  assert pre == [c.id for c in study.cells(holdout)
+                 if c.kind == "pretrain" and c.method not in search]
+  searched = [c for c in study.cells(holdout) if c.method in search]
+  assert {c.seed for c in searched} == {0} and len(searched) == 5 * len(search)
+  assert {c.eval for c in searched} == {"", *test.evals}
+  runner = study.Runner(holdout, "/nonexistent")
+  base = runner.pretrain_config("sr", 0)
+  for name in ("sr_lrx03", "sr_lrx3"):
+    c = runner.pretrain_config(name, 0)
+    assert c.optim.base_lr == base.optim.base_lr * search[name].factor
+    c.optim.base_lr = base.optim.base_lr
+    assert c.to_dict() == base.to_dict()  # nothing else differs
 
 
 def test_a_larger_grid_is_an_argument_not_a_change():
