@@ -168,6 +168,52 @@ def test_diagnostic_evaluations_get_their_own_table_and_no_say_in_the_claims(tmp
   assert "| c | a > b | +10.00 [+7.73, +12.27] p<0.001 holds | holds |" in claims
 
 
+def test_the_pretraining_lr_search_gets_its_own_table_and_keeps_x1_within_the_tolerance(
+    tmp_path):
+  """A rate replaces x1 only when the mean of its evaluations is higher by more
+  than the tolerance; the search's runs stay out of the main table and the claims."""
+  import importlib
+  study_report = importlib.import_module("ebm_pretrain.study.report")
+  out = tmp_path / "out"
+  (out / "cells").mkdir(parents=True)
+  factors = {"x03": 0.3, "x1": 1.0, "x3": 3.0}
+  search = {f"{m}_lr{n}": dict(method=m, factor=f) for m in ("a", "b", "c")
+            for n, f in factors.items()}
+  grid = dict(evals=dict(knn=dict(kind="knn"), probe=dict(kind="linear_probe")),
+              pretrain_lr_search=search,
+              claims=[dict(claim="c", method="a", than=["b"], kind="beats")])
+  (out / "grid.json").write_text(json.dumps(grid))
+  tol = study_report.SEARCH_TOLERANCE / 100
+  # a: x3 is better by 1.5 tolerances (kept); b: x0.3 by half of one (x1 kept);
+  # c: its x3 has no probe yet (nothing kept).
+  top1 = {"a_lrx03": 0.70, "a_lrx1": 0.70, "a_lrx3": 0.70 + 1.5 * tol,
+          "b_lrx03": 0.80 + 0.5 * tol, "b_lrx1": 0.80, "b_lrx3": 0.60,
+          "c_lrx03": 0.5, "c_lrx1": 0.5, "c_lrx3": 0.9, "a": 0.7, "b": 0.6}
+  for method, v in top1.items():
+    seeds = (0,) if method in search else (0, 1, 2)
+    for ev, kind in (("knn", "knn"), ("probe", "linear_probe")):
+      if method == "c_lrx3" and ev == "probe":
+        continue
+      for seed in seeds:
+        record = dict(cell=dict(kind=kind, method=method, seed=seed, eval=ev), seed=seed,
+                      config=dict(data=dict(eval_split="holdout")),
+                      metrics={f"eval/{ev}_top1": v + 0.01 * seed})
+        (out / "cells" / f"{ev}__{method}__s{seed}.json").write_text(json.dumps(record))
+  table = study.report(str(out))
+  main, searched = table.split("Pretraining learning-rate search")
+  assert "_lr" not in main and "| a | 71.00 ± 1.00 (3 seeds) |" in main
+  rows = {tuple(c.strip() for c in line.split("|")[1:3]): line
+          for line in searched.splitlines() if line.startswith("| a") or line.startswith("| b")
+          or line.startswith("| c")}
+  assert rows[("a", "×3")].endswith("| ✓ |") and rows[("a", "×1")].endswith("|  |")
+  assert rows[("b", "×1")].endswith("| ✓ |") and rows[("b", "×0.3")].endswith("|  |")
+  assert not any(rows[("c", x)].endswith("| ✓ |") for x in ("×0.3", "×1", "×3"))
+  cells = lambda line: [c.strip() for c in line.split("|")[3:-2]]
+  assert cells(rows[("c", "×3")]) == ["-", "90.00 (1 seed)", "-", "-"]  # loss, knn, probe, mean
+  assert cells(rows[("b", "×3")]) == ["-", "60.00 (1 seed)", "60.00 (1 seed)", "60.00"]
+  assert "_lr" not in open(out / "claims.md").read()
+
+
 def test_cost_times_every_pretraining_in_one_process_and_the_report_uses_it(tmp_path):
   """``study cost``: one step of each pretraining method (not scratch, not the
   pixels) compiled from its cells' config and timed in the same rounds; the

@@ -26,6 +26,10 @@ from ebm_pretrain.study import plots, stats
 MIN_SEEDS = 3    # seeds each side of a comparison needs
 ALPHA = 0.05     # the level, after Holm's adjustment
 MARGIN = 0.5     # top-1 points: "matches" = not worse by this much
+# A pretraining learning-rate search runs one seed per rate: another rate replaces
+# x1 only when its mean over the evaluations is higher by more than this many
+# points, more than one cell's seed-to-seed spread (docs/study.md).
+SEARCH_TOLERANCE = 1.0
 
 
 def records(out: str) -> list[dict]:
@@ -135,6 +139,30 @@ def _top1_lines(s: dict, evals: list[str], methods: list[str]) -> list[str]:
   return lines
 
 
+def lr_search_lines(s: dict, evals: list[str], search: dict, losses: dict) -> list[str]:
+  """The pretraining learning-rate search ({name: {method, factor}}): each rate's
+  final pretraining loss, top-1 on ``evals`` and their mean, and the rate kept per
+  method (x1 unless another's mean beats it by more than ``SEARCH_TOLERANCE``;
+  none until every rate has every evaluation)."""
+  lines = ["| method | lr | final loss | " + " | ".join(evals) + " | mean | kept |",
+           "| --- | --- | --- |" + " --- |" * len(evals) + " --- | --- |"]
+  for method in sorted({v["method"] for v in search.values()}):
+    rates = sorted((v["factor"], name) for name, v in search.items() if v["method"] == method)
+    means = {f: 100 * float(np.mean([np.mean(s[e][n]) for e in evals]))
+             for f, n in rates if all(n in s.get(e, {}) for e in evals)}
+    kept = None
+    if len(means) == len(rates) and 1.0 in means:
+      best = max(means, key=means.get)
+      kept = best if means[best] > means[1.0] + SEARCH_TOLERANCE else 1.0
+    for f, n in rates:
+      cells = [_fmt(s[e][n]) if n in s.get(e, {}) else "-" for e in evals]
+      mean = f"{means[f]:.2f}" if f in means else "-"
+      loss = f"{losses[n]:.4f}" if n in losses else "-"
+      lines.append(f"| {method} | ×{f:g} | {loss} | " + " | ".join(cells)
+                   + f" | {mean} | {'✓' if f == kept else ''} |")
+  return lines
+
+
 def report(out: str, readme: str | None = None) -> str:
   """Writes OUT/table.md, OUT/claims.md and the plots from OUT alone; returns the
   table. With ``readme``, also replaces that file's results and claims blocks
@@ -150,6 +178,11 @@ def report(out: str, readme: str | None = None) -> str:
   diagnostics = [e for e in evals if spec(e).get("diagnostic")]
   searches = [e for e in evals if spec(e).get("methods") and e not in diagnostics]
   main_evals = [e for e in evals if e not in searches and e not in diagnostics]
+  # The pretraining learning-rate search's runs: a table of their own, in no plot
+  # or claim.
+  search = grid.get("pretrain_lr_search", {})
+  searched = {e: {m: v for m, v in ms.items() if m in search} for e, ms in s.items()}
+  s = {e: {m: v for m, v in ms.items() if m not in search} for e, ms in s.items()}
   methods = sorted({m for ms in s.values() for m in ms})
   split = sorted({r["config"]["data"]["eval_split"] for r in rows
                   if r["cell"]["kind"] != "pretrain"})
@@ -158,13 +191,21 @@ def report(out: str, readme: str | None = None) -> str:
   if searches:
     lines += ["", "Learning-rate search (the fine-tuning lr scaled; top-1 %):", ""]
     lines += _top1_lines(s, searches, [m for m in methods if any(m in s[e] for e in searches)])
+  if any(searched.values()):
+    lines += ["", "Pretraining learning-rate search (seed 0; the pretraining lr scaled; "
+              f"top-1 %; kept: ×1 unless another rate's mean is higher by more than "
+              f"{SEARCH_TOLERANCE:g} point, one seed each):", ""]
+    losses = {r["cell"]["method"]: r["metrics"].get("loss", float("nan")) for r in rows
+              if r["cell"]["kind"] == "pretrain" and r["cell"]["method"] in search}
+    lines += lr_search_lines(searched, main_evals, search, losses)
   if diagnostics:
     lines += ["", "Frozen-feature diagnostics (which features kNN and the probe read; "
               "top-1 %):", ""]
     lines += _top1_lines(s, diagnostics,
                          [m for m in methods if any(m in s[e] for e in diagnostics)])
   top1_table = "\n".join(lines) + "\n"
-  pre = sorted((r for r in rows if r["cell"]["kind"] == "pretrain"),
+  pre = sorted((r for r in rows
+                if r["cell"]["kind"] == "pretrain" and r["cell"]["method"] not in search),
                key=lambda r: (r["cell"]["method"], r["seed"]))
   cost = study_cost.with_same_steps(study_cost.load(out), pre)
   if pre:
