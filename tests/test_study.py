@@ -214,6 +214,40 @@ def test_the_pretraining_lr_search_gets_its_own_table_and_keeps_x1_within_the_to
   assert "_lr" not in open(out / "claims.md").read()
 
 
+def test_other_backbones_are_an_argument_and_segmentation_is_judged_by_its_miou(tmp_path):
+  """The transfer grids (issue 29): configs/study/backbones.py's family reaches
+  the pretraining and the scratch fine-tuning, all else the main grid's; a
+  segmentation fine-tuning's cell is judged by its mIoU."""
+  from helpers import fake_idx_dir
+  main = study.Runner(study.load_config_file("configs/study/fashion_mnist.py:split=test"), "")
+  grid = study.load_config_file("configs/study/backbones.py")
+  runner = study.Runner(grid, "")
+  for family in ("convnext", "swin"):
+    pre = runner.pretrain_config(f"{family}_mixed", 2)
+    assert pre.model.name == family and pre.seed == 2
+    assert (pre.total_epochs, pre.task, pre.data.holdout) == (3, "mixed", 5000)
+    ft = runner.finetune_config(study.Cell("finetune", f"{family}_scratch", 1, "ft_1pct"), "")
+    assert ft.model.name == family and ft.seed == 1
+    assert ft.data.to_dict() == main.finetune_config(
+        study.Cell("finetune", "scratch", 1, "ft_1pct"), "").data.to_dict() | dict(image_size=32)
+  assert [(c["method"], c["than"]) for c in grid.claims] == [
+      ("convnext_mixed", ["convnext_scratch"]), ("swin_mixed", ["swin_scratch"])]
+  seg = study.load_config_file("configs/study/segmentation.py")
+  assert study.Runner(seg, "").pretrain_config("mixed", 0).to_dict() == \
+      main.pretrain_config("mixed", 0).to_dict()  # the main grid's pretraining
+
+  out = str(tmp_path / "out")
+  spec = f"configs/study/tiny.py:steps=2,seg=True,idx_dir={fake_idx_dir(tmp_path / 'idx')}"
+  study.run(spec, out, "*/s0", log=lambda *a, **k: None)
+  cells = sorted(os.listdir(os.path.join(out, "cells")))
+  assert cells == ["pretrain__mixed__s0.json", "seg__mixed__s0.json", "seg__scratch__s0.json"]
+  record = json.load(open(os.path.join(out, "cells", "seg__mixed__s0.json")))
+  assert record["config"]["objective"] == "segmentation"
+  miou = record["metrics"]["eval/miou"]
+  table = study.report(out)
+  assert "; seg: mIoU (%)." in table and f"| mixed | {100 * miou:.2f} (1 seed) |" in table
+
+
 def test_cost_times_every_pretraining_in_one_process_and_the_report_uses_it(tmp_path):
   """``study cost``: one step of each pretraining method (not scratch, not the
   pixels) compiled from its cells' config and timed in the same rounds; the

@@ -4,7 +4,8 @@
 
 Expected: 2 pretrainings, 4 fine-tunings, 5 kNN cells (one of the pixels), one
 fine-tuning at another learning rate; a table with scratch and mixed, two seeds each, and the claims
-row (the numbers mean nothing at this size).
+row (the numbers mean nothing at this size). ``:seg=True``: the downstream task is
+segmentation (configs/tiny_seg.py, judged by mIoU) instead.
 """
 import ml_collections
 
@@ -13,7 +14,7 @@ from ebm_pretrain.study import grid as study_grid
 
 
 def get_config(arg=None):
-  a = recipes.parse_arg(arg, steps=4, split="holdout")
+  a = recipes.parse_arg(arg, steps=4, split="holdout", seg=False, idx_dir="")
   g = ml_collections.ConfigDict()
   g.pretrain_config = "configs/tiny.py"
   g.pretrain_arg = f"steps={a.steps}"
@@ -34,4 +35,10 @@ def get_config(arg=None):
   g.claims = [dict(claim="pretraining beats scratch", method="mixed", than=["scratch"],
                    kind="beats")]
   g.n_sweep = ml_collections.ConfigDict(dict(mixed=2))
+  if a.seg:  # segmentation downstream (configs/study/segmentation.py's shape)
+    g.finetune_config = "configs/tiny_seg.py"
+    g.methods = ml_collections.ConfigDict(dict(scratch="", mixed="mixed"))
+    g.evals = ml_collections.ConfigDict(dict(seg=dict(kind="finetune", arg="steps=2")))
+  if a.idx_dir:  # Fashion-MNIST's IDX files from another folder (tests write their own)
+    g.overrides.data.idx_dir = a.idx_dir
   return g

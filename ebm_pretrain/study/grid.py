@@ -4,13 +4,15 @@ A grid is a config (``configs/study/*.py``): ``methods`` ({name: the pretraining
 config's ``:task=`` argument; "" = no pretraining, the scratch baseline;
 ``PIXELS`` = the normalised pixels as features, a reference for kNN and the
 linear probe only}),
-``method_overrides`` ({method: config overrides}, e.g. N), ``seeds`` ({method:
-[seeds]}, ``default`` for the rest), ``evals`` ({name: dict(kind=finetune|knn|
-linear_probe, ...)}; ``methods=[...]`` / ``seeds=[...]`` restrict one to some
-cells, e.g. a learning-rate search; ``diagnostic=True`` reports one apart from the
-claims), the base configs and the overrides every
-run gets, and for the report ``claims`` (the paper's claims as comparisons of
-two methods) and ``n_sweep`` ({method: N} for the accuracy-vs-N plot).
+``method_overrides`` ({method: config overrides}, e.g. N), ``method_args``
+({method: config argument} added to its pretraining's and fine-tunings', e.g.
+``model=convnext``), ``seeds`` ({method: [seeds]}, ``default`` for the rest),
+``evals`` ({name: dict(kind=finetune|knn|linear_probe, ...)}; ``methods=[...]``
+/ ``seeds=[...]`` restrict one to some cells, e.g. a learning-rate search;
+``diagnostic=True`` reports one apart from the claims), the base configs (a
+segmentation fine-tuning's is judged by its mIoU) and the overrides every run
+gets, and for the report ``claims`` (the paper's claims as comparisons of two
+methods) and ``n_sweep`` ({method: N} for the accuracy-vs-N plot).
 """
 from __future__ import annotations
 

@@ -44,11 +44,12 @@ def read_grid(out: str) -> dict:
 
 
 def headline(record: dict) -> float | None:
-  """The number a cell is judged by: top-1 of an evaluation; none for a pretraining."""
+  """The number a cell is judged by: top-1 of an evaluation (a segmentation
+  fine-tuning's mIoU); none for a pretraining."""
   m = record["metrics"]
   kind = record["cell"]["kind"]
   if kind == "finetune":
-    return m.get("eval/top1")
+    return m.get("eval/top1", m.get("eval/miou"))
   if kind in ("knn", "linear_probe"):
     return m.get(f"eval/{record['cell']['eval']}_top1")
   return None
@@ -186,7 +187,10 @@ def report(out: str, readme: str | None = None) -> str:
   methods = sorted({m for ms in s.values() for m in ms})
   split = sorted({r["config"]["data"]["eval_split"] for r in rows
                   if r["cell"]["kind"] != "pretrain"})
-  lines = [f"Top-1 (%) on the `{', '.join(split)}` split: mean ± std over seeds.", ""]
+  miou = sorted({r["cell"]["eval"] for r in rows if "eval/miou" in r["metrics"]
+                 and "eval/top1" not in r["metrics"]})
+  lines = [f"Top-1 (%) on the `{', '.join(split)}` split: mean ± std over seeds"
+           + (f"; {', '.join(miou)}: mIoU (%)." if miou else "."), ""]
   lines += _top1_lines(s, main_evals, methods)
   if searches:
     lines += ["", "Learning-rate search (the fine-tuning lr scaled; top-1 %):", ""]

@@ -131,12 +131,19 @@ class Runner:
     random-init features) runs with at ``seed``."""
     task = self.grid.methods[method]
     task = task if has_pretraining(task) else self.grid.scratch_task
-    c = load_config_file(f"{self.grid.pretrain_config}:{self.grid.pretrain_arg},task={task}")
+    arg = ",".join(filter(None, [self.grid.pretrain_arg, f"task={task}",
+                                 self.method_arg(method)]))
+    c = load_config_file(f"{self.grid.pretrain_config}:{arg}")
     with_overrides(c, self.grid.overrides.to_dict())
     with_overrides(c, self.grid.pretrain_overrides.to_dict())
     with_overrides(c, self.grid.method_overrides.to_dict().get(method, {}))
     c.seed = seed
     return c
+
+  def method_arg(self, method: str) -> str:
+    """The config argument ``method`` adds to its pretraining's and fine-tunings'
+    (``method_args``: e.g. ``model=convnext``, another backbone family)."""
+    return self.grid.get("method_args", {}).get(method, "")
 
   def run(self, cell: Cell) -> dict:
     from ebm_pretrain import train
@@ -157,15 +164,22 @@ class Runner:
       read = dict(pretrained_checkpoint=self.read_pretraining(cell.method, cell.seed))
     return dict(self._evaluate(cell, e, pre), **read)
 
+  def finetune_config(self, cell: Cell, pre: str):
+    """The config of a fine-tuning cell, from the pretraining in ``pre`` ("": from
+    scratch)."""
+    g, e = self.grid, self.grid.evals[cell.eval]
+    arg = ",".join(filter(None, [e.arg, self.method_arg(cell.method),
+                                 f"init={pre}" if pre else ""]))
+    config = load_config_file(f"{g.finetune_config}:{arg}")
+    with_overrides(config, g.overrides.to_dict())
+    with_overrides(config, e.to_dict().get("overrides", {}))
+    config.seed = cell.seed
+    return config
+
   def _evaluate(self, cell: Cell, e, pre: str) -> dict:
     from ebm_pretrain import train
-    g = self.grid
     if cell.kind == "finetune":
-      arg = ",".join(filter(None, [e.arg, f"init={pre}" if pre else ""]))
-      config = load_config_file(f"{g.finetune_config}:{arg}")
-      with_overrides(config, g.overrides.to_dict())
-      with_overrides(config, e.to_dict().get("overrides", {}))
-      config.seed = cell.seed
+      config = self.finetune_config(cell, pre)
       workdir = os.path.join(self.runs, f"{cell.eval}_{cell.method}_s{cell.seed}")
       _, metrics = train.train_and_evaluate(config, workdir)
       return dict(config=config.to_dict(), metrics=metrics,
