@@ -261,6 +261,10 @@ def test_cost_times_every_pretraining_in_one_process_and_the_report_uses_it(tmp_
   assert json.load(open(os.path.join(out, "cost.json"))) == json.loads(json.dumps(record))
   m = record["methods"]
   assert sorted(m) == ["mixed", "mixed_n3"]
+  # Timed before any cell has run (a fresh OUT): cost.json, and no report to fail on.
+  fresh = tmp_path / "fresh"
+  study.main(["cost", f"--grid={GRID}", f"--out={fresh}", "--rounds=1"])
+  assert sorted(json.load(open(fresh / "cost.json"))["methods"]) == ["mixed"]
   assert all(v["step_s"] > 0 and v["batch_size"] == 8 and v["objective"] == "energy"
              for v in m.values())
   # The step each is timed with is its own: N = 3 restores three times.

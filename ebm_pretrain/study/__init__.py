@@ -13,6 +13,7 @@ process, the report's pretraining times.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from ebm_pretrain.study.grid import Cell, cells, load_config_file, with_overrides
@@ -50,6 +51,9 @@ def main(argv: list[str]) -> None:
     elif a.command == "cost":
       from ebm_pretrain.study import cost
       cost.measure(load_config_file(a.grid), a.out, a.rounds, grid_spec=a.grid)
+      if not os.path.isdir(os.path.join(a.out, "cells")):  # (timed before any cell ran)
+        print(f"wrote {os.path.join(a.out, 'cost.json')}; no cells to report yet")
+        return
     print(report(a.out, getattr(a, "readme", None)))
   except (ConfigError, CheckpointError, DataSourceError, FileNotFoundError, NoSpaceError) as e:
     print(f"error: {e}", file=sys.stderr)
