@@ -6,8 +6,8 @@ of the labels, three seeds. Everything else is the main grid's
 training set). Run on the test split directly: no choice is made on these
 numbers (the recipes are the main grid's and docs/backbones.md's):
 
-  python -m ebm_pretrain.study run --grid=configs/study/backbones.py --out=results/fashion_mnist_backbones
-  python -m ebm_pretrain.study report --out=results/fashion_mnist_backbones --readme=docs/backbones.md
+  python -m ebm_pretrain.study run --grid=configs/study/backbones.py --out=OUT
+  python -m ebm_pretrain.study report --out=OUT
 """
 import ml_collections
 

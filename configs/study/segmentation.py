@@ -4,8 +4,8 @@
 out) against from scratch, three seeds, mIoU on the test scenes. Run on the test
 split directly: no choice is made on these numbers (the recipe is the demo's):
 
-  python -m ebm_pretrain.study run --grid=configs/study/segmentation.py --out=results/garment_scenes
-  python -m ebm_pretrain.study report --out=results/garment_scenes --readme=docs/segmentation.md
+  python -m ebm_pretrain.study run --grid=configs/study/segmentation.py --out=OUT
+  python -m ebm_pretrain.study report --out=OUT
 """
 import ml_collections
 
