@@ -17,17 +17,14 @@ from ebm_pretrain.study import grid as study_grid
 
 def get_config(arg=None):
   a = recipes.parse_arg(arg, epochs=3)
-  g = study_grid.load_config_file(f"configs/study/fashion_mnist.py:split=test,epochs={a.epochs}")
   families = ("convnext", "swin")
-  g.methods = ml_collections.ConfigDict(
-      {f"{f}_{m}": task for f in families for m, task in (("mixed", "mixed"), ("scratch", ""))})
+  g = study_grid.derived(
+      f"configs/study/fashion_mnist.py:split=test,epochs={a.epochs}",
+      {f"{f}_{m}": task for f in families for m, task in (("mixed", "mixed"), ("scratch", ""))},
+      seeds=[0, 1, 2])
   g.method_args = ml_collections.ConfigDict(
       {f"{f}_{m}": f"model={f}" for f in families for m in ("mixed", "scratch")})
-  g.method_overrides = ml_collections.ConfigDict()
-  g.seeds = ml_collections.ConfigDict(dict(default=[0, 1, 2]))
   g.evals = ml_collections.ConfigDict({k: g.evals[k] for k in ("ft_1pct", "ft_10pct")})
   g.claims = [dict(claim="the framework works for any backbone (Table 6)", method=f"{f}_mixed",
                    than=[f"{f}_scratch"], kind="beats") for f in families]
-  for key in ("n_sweep", "compute_curves"):
-    del g[key]
   return g

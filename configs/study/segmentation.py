@@ -15,11 +15,9 @@ from ebm_pretrain.study import grid as study_grid
 
 def get_config(arg=None):
   a = recipes.parse_arg(arg, epochs=3, steps=1000)
-  g = study_grid.load_config_file(f"configs/study/fashion_mnist.py:split=test,epochs={a.epochs}")
+  g = study_grid.derived(f"configs/study/fashion_mnist.py:split=test,epochs={a.epochs}",
+                         dict(mixed="mixed", scratch=""), seeds=[0, 1, 2])
   g.finetune_config = "configs/demo_seg.py"
-  g.methods = ml_collections.ConfigDict(dict(mixed="mixed", scratch=""))
-  g.method_overrides = ml_collections.ConfigDict()
-  g.seeds = ml_collections.ConfigDict(dict(default=[0, 1, 2]))
   # The holdout is kept out of the pretraining; the scenes are made from the
   # training garments (GarmentScenes has no holdout of its own).
   g.pretrain_overrides.data = dict(holdout=g.overrides.data.holdout)
@@ -27,6 +25,4 @@ def get_config(arg=None):
   g.evals = ml_collections.ConfigDict(dict(seg_miou=dict(kind="finetune", arg=f"steps={a.steps}")))
   g.claims = [dict(claim="it transfers to segmentation (Table 7)", method="mixed",
                    than=["scratch"], kind="beats")]
-  for key in ("n_sweep", "compute_curves"):
-    del g[key]
   return g

@@ -46,6 +46,21 @@ def load_config_file(spec: str):
   return module.get_config(arg or None)
 
 
+def derived(spec: str, methods: dict, seeds: list[int]):
+  """Grid ``spec`` with its own ``methods`` and ``seeds`` in place of the base
+  grid's (and none of its per-method overrides, sweeps or curves): a grid for
+  another claim that keeps everything else of the study's recipe."""
+  import ml_collections
+  g = load_config_file(spec)
+  g.methods = ml_collections.ConfigDict(methods)
+  g.method_overrides = ml_collections.ConfigDict()
+  g.seeds = ml_collections.ConfigDict(dict(default=list(seeds)))
+  for key in ("n_sweep", "compute_curves", "pretrain_lr_search"):
+    if key in g:
+      del g[key]
+  return g
+
+
 def with_overrides(config, overrides: dict):
   """``config`` with the nested ``overrides`` ({"data": {"holdout": 5000}}) set
   (their keys must exist)."""
