@@ -106,12 +106,15 @@ CLAIMS_RULE = (
     f"interval lies below −{MARGIN}. A method with fewer than {MIN_SEEDS} seeds needs seeds.")
 
 
-def claims_table(s: dict, evals: list[str], claims: list[dict]) -> str:
+def claims_table(s: dict, evals: list[str], claims: list[dict], miou=()) -> str:
   """One row per comparison of the grid's ``claims`` (``compare_row``'s cells), and
-  its overall verdict."""
+  its overall verdict; ``miou``: the evaluations whose points are mIoU, not top-1."""
   if not claims:
     return ""
-  lines = [CLAIMS_RULE, "",
+  rule = CLAIMS_RULE
+  if miou:
+    rule += f" {', '.join(miou)}: mIoU points, not top-1."
+  lines = [rule, "",
            "| paper's claim | comparison | " + " | ".join(evals) + " | at this scale |",
            "| --- | --- |" + " --- |" * len(evals) + " --- |"]
   for c in claims:
@@ -233,7 +236,7 @@ def report(out: str, readme: str | None = None) -> str:
     if cost and missing:  # (a method added to the grid after the cost was measured)
       lines[-1] += (f" Not in cost.json, so at their own median speed until `study cost` "
                     f"is rerun: {', '.join(missing)}.")
-  claims = claims_table(s, main_evals, grid.get("claims", []))
+  claims = claims_table(s, main_evals, grid.get("claims", []), miou)
   if claims:
     lines += ["", "Claims:", "", claims.rstrip()]
   table = "\n".join(lines) + "\n"
