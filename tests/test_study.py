@@ -295,8 +295,11 @@ def test_committed_results_regenerate_byte_for_byte_and_match_the_readme(tmp_pat
     committed = os.path.join(results, name)
     copy = tmp_path / name
     shutil.copytree(committed, copy, ignore=shutil.ignore_patterns("runs"))
-    # The holdout's blocks live in docs/study.md, the test split's in the README.
-    doc = {"fashion_mnist": "docs/study.md", "fashion_mnist_test": "README.md"}.get(name)
+    # The holdout's blocks live in docs/study.md, the test split's in the README,
+    # the other backbones' and segmentation's in their docs.
+    doc = {"fashion_mnist": "docs/study.md", "fashion_mnist_test": "README.md",
+           "fashion_mnist_backbones": "docs/backbones.md",
+           "garment_scenes": "docs/segmentation.md"}.get(name)
     readme = tmp_path / "doc.md"
     if doc:
       shutil.copy(os.path.join(ROOT, doc), readme)
