@@ -192,8 +192,10 @@ def report(out: str, readme: str | None = None) -> str:
                   if r["cell"]["kind"] != "pretrain"})
   miou = sorted({r["cell"]["eval"] for r in rows if "eval/miou" in r["metrics"]
                  and "eval/top1" not in r["metrics"]})
-  lines = [f"Top-1 (%) on the `{', '.join(split)}` split: mean ± std over seeds"
-           + (f"; {', '.join(miou)}: mIoU (%)." if miou else "."), ""]
+  # A segmentation grid's columns are all mIoU: its caption says so, not "Top-1".
+  top1 = [e for e in main_evals if e not in miou]
+  lines = [f"{'Top-1' if top1 else 'mIoU'} (%) on the `{', '.join(split)}` split: mean ± std "
+           "over seeds" + (f"; {', '.join(miou)}: mIoU (%)." if miou and top1 else "."), ""]
   lines += _top1_lines(s, main_evals, methods)
   if searches:
     lines += ["", "Learning-rate search (the fine-tuning lr scaled; top-1 %):", ""]
