@@ -6,7 +6,7 @@ import pytest
 from scipy import special, stats as sp
 
 from ebm_pretrain.study import stats
-from ebm_pretrain.study.report import compare_row
+from ebm_pretrain.study.report import claims_table, compare_row
 
 # Top-1 (%) of three seeds: the committed test split's mixed and scratch, 10% labels.
 MIXED = [83.30, 82.91, 83.69]
@@ -66,3 +66,16 @@ def test_verdicts():
   assert below[0].endswith("reversed")
   wide = _row({"e": [78.0, 82.0, 80.0]}, {"e": [80.1, 80.2, 80.0]}, "matches")
   assert wide[0].endswith("not shown")
+
+
+def test_a_claims_row_names_its_reversals():
+  frac = lambda v: [x / 100 for x in v]
+  s = {"up": {"a": frac(MIXED), "b": frac(SCRATCH)}, "down": {"a": frac(SCRATCH), "b": frac(MIXED)},
+       "same": {"a": frac(MIXED), "b": frac(MIXED)}}
+  row = lambda evals: claims_table(s, evals, [dict(claim="c", method="a", than=["b"],
+                                                   kind="beats")]).splitlines()[-1]
+  assert row(["up", "down"]).endswith("| partly (1 of 2, 1 reversed) |")
+  assert row(["up", "same"]).endswith("| partly (1 of 2) |")
+  assert row(["down", "same"]).endswith("| does not hold (1 of 2 reversed) |")
+  assert row(["same"]).endswith("| does not hold |")
+  assert row(["up"]).endswith("| holds |")

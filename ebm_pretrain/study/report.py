@@ -124,11 +124,14 @@ def claims_table(s: dict, evals: list[str], claims: list[dict], miou=()) -> str:
       row = dict(zip(a_vals, compare_row(a_vals, b_vals, c["kind"])))
       cells = [row.get(e, "-") for e in evals]
       verdicts = [cell.rsplit(" ", 1)[-1] for cell in row.values()]
-      held = verdicts.count("holds")
+      held, rev, n = verdicts.count("holds"), verdicts.count("reversed"), len(verdicts)
+      # A row with a significant reversal says so: "partly" alone reads as half a win.
       overall = ("not measured" if not verdicts else
                  "needs seeds" if any(v.startswith("needs seeds") for v in row.values()) else
-                 "holds" if held == len(verdicts) else
-                 "does not hold" if held == 0 else f"partly ({held} of {len(verdicts)})")
+                 "holds" if held == n else
+                 (f"does not hold ({rev} of {n} reversed)" if rev else "does not hold")
+                 if held == 0 else
+                 f"partly ({held} of {n}" + (f", {rev} reversed)" if rev else ")"))
       sign = ">" if c["kind"] == "beats" else "≥"
       lines.append(f"| {c['claim']} | {c['method']} {sign} {b} | " + " | ".join(cells)
                    + f" | {overall} |")
