@@ -245,7 +245,8 @@ def test_other_backbones_are_an_argument_and_segmentation_is_judged_by_its_miou(
   assert record["config"]["objective"] == "segmentation"
   miou = record["metrics"]["eval/miou"]
   table = study.report(out)
-  assert table.startswith("mIoU (%) on the `holdout` split") and f"| mixed | {100 * miou:.2f} (1 seed) |" in table
+  assert table.startswith("mIoU (%) on the `holdout` split")
+  assert f"| mixed | {100 * miou:.2f} (1 seed) |" in table
   assert "seg: mIoU points, not top-1." in table  # the claims' rule says so too
 
 

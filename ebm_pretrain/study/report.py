@@ -125,13 +125,16 @@ def claims_table(s: dict, evals: list[str], claims: list[dict], miou=()) -> str:
       cells = [row.get(e, "-") for e in evals]
       verdicts = [cell.rsplit(" ", 1)[-1] for cell in row.values()]
       held, rev, n = verdicts.count("holds"), verdicts.count("reversed"), len(verdicts)
-      # A row with a significant reversal says so: "partly" alone reads as half a win.
-      overall = ("not measured" if not verdicts else
-                 "needs seeds" if any(v.startswith("needs seeds") for v in row.values()) else
-                 "holds" if held == n else
-                 (f"does not hold ({rev} of {n} reversed)" if rev else "does not hold")
-                 if held == 0 else
-                 f"partly ({held} of {n}" + (f", {rev} reversed)" if rev else ")"))
+      if not verdicts:
+        overall = "not measured"
+      elif any(v.startswith("needs seeds") for v in row.values()):
+        overall = "needs seeds"
+      elif held == n:
+        overall = "holds"
+      elif held:  # a significant reversal is named: "partly" alone reads as half a win
+        overall = f"partly ({held} of {n}" + (f", {rev} reversed)" if rev else ")")
+      else:
+        overall = f"does not hold ({rev} of {n} reversed)" if rev else "does not hold"
       sign = ">" if c["kind"] == "beats" else "≥"
       lines.append(f"| {c['claim']} | {c['method']} {sign} {b} | " + " | ".join(cells)
                    + f" | {overall} |")
