@@ -45,9 +45,14 @@ def test_holm_matches_the_textbook_procedure():
   assert stats.holm([0.5]) == [0.5]
 
 
+def _frac(top1):
+  """Top-1 given in % as the cells hold it: fractions."""
+  return [x / 100 for x in top1]
+
+
 def _row(a, b, kind):
-  """compare_row on top-1 given in %, as the cells hold fractions."""
-  frac = lambda d: {k: [x / 100 for x in v] for k, v in d.items()}
+  """compare_row on top-1 given in %."""
+  frac = lambda d: {k: _frac(v) for k, v in d.items()}
   return compare_row(frac(a), frac(b), kind)
 
 
@@ -69,9 +74,9 @@ def test_verdicts():
 
 
 def test_a_claims_row_names_its_reversals():
-  frac = lambda v: [x / 100 for x in v]
-  s = {"up": {"a": frac(MIXED), "b": frac(SCRATCH)}, "down": {"a": frac(SCRATCH), "b": frac(MIXED)},
-       "same": {"a": frac(MIXED), "b": frac(MIXED)}}
+  s = {"up": {"a": _frac(MIXED), "b": _frac(SCRATCH)},
+       "down": {"a": _frac(SCRATCH), "b": _frac(MIXED)},
+       "same": {"a": _frac(MIXED), "b": _frac(MIXED)}}
   row = lambda evals: claims_table(s, evals, [dict(claim="c", method="a", than=["b"],
                                                    kind="beats")]).splitlines()[-1]
   assert row(["up", "down"]).endswith("| partly (1 of 2, 1 reversed) |")
