@@ -49,7 +49,7 @@ def _abandoned_write_noise(e: BaseException | None) -> bool:
 
 class _DropNoSpaceRecords(logging.Filter):
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.exc_info and is_no_space(record.exc_info[1]):
+    if record.exc_info and _abandoned_write_noise(record.exc_info[1]):
       return False
     message = record.getMessage()
     return not any(m in message for m in _MARKERS)
@@ -66,7 +66,10 @@ def install_filters() -> None:
   if _installed:
     return
   _installed = True
-  logging.getLogger("absl").addFilter(_DropNoSpaceRecords())
+  # absl: Orbax's own error logs. asyncio: "Task exception was never retrieved"
+  # for an abandoned write's task, logged when the loop is collected at exit.
+  for name in ("absl", "asyncio"):
+    logging.getLogger(name).addFilter(_DropNoSpaceRecords())
 
   previous_hook = sys.excepthook
 

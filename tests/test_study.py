@@ -155,7 +155,7 @@ def test_diagnostic_evaluations_get_their_own_table_and_no_say_in_the_claims(tmp
   for (ev, method), v in top1.items():
     for seed in (0, 1, 2):
       record = dict(cell=dict(kind="knn", method=method, seed=seed, eval=ev), seed=seed,
-                    config=dict(data=dict(eval_split="holdout")),
+                    config=dict(data=dict(eval_split="holdout")), dirty=False,
                     metrics={f"eval/{ev}_top1": v + 0.01 * seed})
       (out / "cells" / f"{ev}__{method}__s{seed}.json").write_text(json.dumps(record))
   table = study.report(str(out))
@@ -166,6 +166,40 @@ def test_diagnostic_evaluations_get_their_own_table_and_no_say_in_the_claims(tmp
   assert "| paper's claim | comparison | knn | at this scale |" in claims
   # +10 points, s = 1 each side, n = 3: t = 12.2 on 4 degrees of freedom.
   assert "| c | a > b | +10.00 [+7.73, +12.27] p<0.001 holds | holds |" in claims
+
+
+def test_holdout_cells_from_before_the_clean_bank_are_named_and_not_counted(tmp_path):
+  """A holdout kNN cell written before the clean bank (no ``dirty`` field) saw
+  holdout images in its bank: it is left out of the table and the claims and
+  named for a rerun. A test-split cell of that age, or a fine-tuning (never
+  trained on the holdout), counts."""
+  def write(out, split, method, seed, v, clean):
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    record = dict(cell=dict(kind="knn", method=method, seed=seed, eval="knn"), seed=seed,
+                  config=dict(data=dict(eval_split=split)), metrics={"eval/knn_top1": v})
+    if clean:
+      record["dirty"] = False
+    (out / "cells" / f"knn__{method}__s{seed}.json").write_text(json.dumps(record))
+  hold, test = tmp_path / "hold", tmp_path / "test"
+  for out, split in ((hold, "holdout"), (test, "test")):
+    (out / "cells").mkdir(parents=True)
+    (out / "grid.json").write_text(json.dumps(dict(
+        evals=dict(ft=dict(kind="finetune"), knn=dict(kind="knn")),
+        claims=[dict(claim="c", method="a", than=["b"], kind="beats")])))
+    for seed in (0, 1, 2):
+      write(out, split, "a", seed, 0.70 + 0.01 * seed, clean=True)
+      write(out, split, "b", seed, 0.60 + 0.01 * seed, clean=seed > 0)
+    write(out, split, "b", 3, 0.99, clean=False)
+    ft = dict(cell=dict(kind="finetune", method="b", seed=0, eval="ft"), seed=0,
+              config=dict(data=dict(eval_split=split)), metrics={"eval/top1": 0.5})
+    (out / "cells" / "ft__b__s0.json").write_text(json.dumps(ft))
+  table = study.report(str(hold))
+  assert "| b | 50.00 (1 seed) | 61.50 ± 0.71 (2 seeds) |" in table
+  assert "Not counted until rerun on the clean bank" in table and "b/s0, b/s3." in table
+  assert ("| a > b | - | needs seeds (2 of 3) | needs seeds; 1 of 2 not measured |"
+          in open(hold / "claims.md").read())
+  table = study.report(str(test))
+  assert "| b | 50.00 (1 seed) | 70.50 ± 19.02 (4 seeds) |" in table and "Not counted" not in table
 
 
 def test_the_pretraining_lr_search_gets_its_own_table_and_keeps_x1_within_the_tolerance(
@@ -196,7 +230,7 @@ def test_the_pretraining_lr_search_gets_its_own_table_and_keeps_x1_within_the_to
         continue
       for seed in seeds:
         record = dict(cell=dict(kind=kind, method=method, seed=seed, eval=ev), seed=seed,
-                      config=dict(data=dict(eval_split="holdout")),
+                      config=dict(data=dict(eval_split="holdout")), dirty=False,
                       metrics={f"eval/{ev}_top1": v + 0.01 * seed})
         (out / "cells" / f"{ev}__{method}__s{seed}.json").write_text(json.dumps(record))
   table = study.report(str(out))

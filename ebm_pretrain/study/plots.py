@@ -57,7 +57,8 @@ BASELINES = ("scratch", "pixels")  # drawn grey: what the pretrainings are measu
 def top1(s: dict, evals: list[str], methods: list[str], path: str) -> None:
   """Top-1 per method with the seed spread as error bars and the value on each
   bar, one panel per evaluation; the axis spans the values (a few points apart),
-  not 0-100."""
+  not 0-100. An evaluation no method has a value for yet gets no panel."""
+  evals = [e for e in evals if any(m in s[e] for m in methods)]
   if not evals:
     return _nothing(path)
   plt = _pyplot()
