@@ -174,7 +174,6 @@ def test_holdout_cells_from_before_the_clean_bank_are_named_and_not_counted(tmp_
   named for a rerun. A test-split cell of that age, or a fine-tuning (never
   trained on the holdout), counts."""
   def write(out, split, method, seed, v, clean):
-    (out / "cells").mkdir(parents=True, exist_ok=True)
     record = dict(cell=dict(kind="knn", method=method, seed=seed, eval="knn"), seed=seed,
                   config=dict(data=dict(eval_split=split)), metrics={"eval/knn_top1": v})
     if clean:

@@ -195,7 +195,7 @@ def report(out: str, readme: str | None = None) -> str:
   rows, grid = records(out), read_grid(out)
   stale = sorted({f"{r['cell']['method']}/s{r['seed']}" for r in rows if old_bank(r)})
   # (an evaluation whose every cell awaits its rerun keeps its column, empty)
-  evals = sorted(summary(rows))
+  evals = sorted({r["cell"]["eval"] for r in rows if headline(r) is not None})
   rows = [r for r in rows if not old_bank(r)]
   s = {e: {} for e in evals} | summary(rows)
   # Evaluations restricted to some methods (a learning-rate search), and diagnostics,
@@ -220,9 +220,8 @@ def report(out: str, readme: str | None = None) -> str:
            "over seeds" + (f"; {', '.join(miou)}: mIoU (%)." if miou and top1 else "."), ""]
   lines += _top1_lines(s, main_evals, methods)
   if stale:
-    lines += ["", f"Not counted until rerun on the clean bank (their kNN and probe banks "
-              f"held holdout images): "
-              f"{', '.join(stale)}."]
+    lines += ["", "Not counted until rerun on the clean bank (their kNN and probe banks "
+              f"held holdout images): {', '.join(stale)}."]
   if searches:
     lines += ["", "Learning-rate search (the fine-tuning lr scaled; top-1 %):", ""]
     lines += _top1_lines(s, searches, [m for m in methods if any(m in s[e] for e in searches)])
