@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from ebm_pretrain import study
 from helpers import ROOT, cli_env
 
@@ -343,6 +344,44 @@ def test_committed_results_regenerate_byte_for_byte_and_match_the_readme(tmp_pat
         assert (copy / f).read_bytes() == open(os.path.join(committed, f), "rb").read(), f
     if doc:
       assert readme.read_text() == open(os.path.join(ROOT, doc)).read(), doc
+
+
+@pytest.mark.parametrize("doc,rows", [
+    ("README.md", {"scratch": ["scratch"], "mixed (N = 2)": ["mixed"], "sr": ["sr"],
+                   "sorting": ["sorting"], "MAE, 3 / 15 epochs": ["mae", "mae_ep15"],
+                   "mixed N = 1 / N = 3": ["mixed_n1", "mixed_n3"], "raw pixels": ["pixels"]}),
+    ("docs/study.md", {"mixed, 3 epochs (19.4 min), 5 seeds": ["mixed"],
+                       "MAE, 3 epochs (3.8 min), 5 seeds": ["mae"],
+                       "MAE, 15 epochs (18.8 min), 3 seeds": ["mae_ep15"]}),
+])
+def test_the_hand_written_top1_tables_are_the_test_cells(doc, rows):
+  """The test split's top-1 tables in the docs are written by hand (rows that join
+  two methods, or name their time); each number in them is the committed test
+  cells' mean (± their std over seeds), and each row is there."""
+  import importlib
+  import numpy as np
+  report = importlib.import_module("ebm_pretrain.study.report")
+  s = report.summary([r for r in report.records(os.path.join(ROOT, "results/fashion_mnist_test"))
+                      if not report.old_bank(r)])
+  text = open(os.path.join(ROOT, doc)).read()
+  lines = text[text.index(" | ft 10% | ft 1% | kNN | probe |"):].splitlines()
+  seen = set()
+  for line in lines[2:]:
+    if not line.startswith("|"):
+      break
+    label, *cells = [c.strip() for c in line.strip("|").split("|")]
+    seen.add(label)
+    for ev, cell in zip(["ft_10pct", "ft_1pct", "knn", "probe"], cells):
+      for method, number in zip(rows[label], cell.split(" / ")):
+        values = s.get(ev, {}).get(method)
+        if number == "-":
+          assert not values, (label, ev)
+          continue
+        mean, _, std = number.partition(" ± ")
+        assert mean == f"{100 * np.mean(values):.2f}", (doc, label, ev, method)
+        if std:
+          assert std == f"{100 * np.std(values, ddof=1):.2f}", (doc, label, ev, method)
+  assert seen == set(rows)
 
 
 def test_the_test_split_runs_only_what_the_claims_read():
