@@ -360,6 +360,7 @@ def test_the_hand_written_top1_tables_are_the_test_cells(doc, rows):
   cells' mean (± their std over seeds), and each row is there."""
   import importlib
   import numpy as np
+  # The module: the package exports the function `report` under its name.
   report = importlib.import_module("ebm_pretrain.study.report")
   s = report.summary([r for r in report.records(os.path.join(ROOT, "results/fashion_mnist_test"))
                       if not report.old_bank(r)])
